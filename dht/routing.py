@@ -1,0 +1,193 @@
+"""Chord routing state: finger table, successor list and predecessor.
+
+Owns what one node knows about the ring and the decisions made from it alone:
+which node owns a key if it can tell, the closest preceding candidates otherwise,
+how a successor list is merged from a successor's, and which fingers a single
+lookup result fills. Pure: no I/O, no time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from .ids import IdSpace, in_half_open, in_open
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRef:
+    """A node as peers see it: its ring ID and the address it answers on."""
+
+    id: int
+    address: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.address, self.id]
+
+    @classmethod
+    def from_wire(cls, value: Any) -> "NodeRef":
+        """Decode [address, id]; raise ValueError on anything else."""
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 2
+            or not isinstance(value[0], str)
+            or isinstance(value[1], bool)
+            or not isinstance(value[1], int)
+            or value[1] < 0
+        ):
+            raise ValueError(f"expected a node reference [address, id], got {value!r}")
+        return cls(id=value[1], address=value[0])
+
+
+def refs_to_wire(nodes: Iterable[NodeRef]) -> list[list[Any]]:
+    return [node.to_wire() for node in nodes]
+
+
+def refs_from_wire(value: Any) -> list[NodeRef]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected a list of node references, got {value!r}")
+    return [NodeRef.from_wire(item) for item in value]
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Routing answer: `nodes[0]` owns the key; the rest follow it on the ring."""
+
+    nodes: list[NodeRef]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Routing answer: ask these nodes next, best (closest preceding the key) first."""
+
+    nodes: list[NodeRef]
+
+
+def merge_successor_list(
+    me: NodeRef, successor: NodeRef, its_successors: Sequence[NodeRef], size: int
+) -> list[NodeRef]:
+    """Our successor list: the successor, then its list, without us or repeats."""
+    merged: list[NodeRef] = []
+    seen: set[int] = {me.id}
+    for node in (successor, *its_successors):
+        if node.id not in seen:
+            seen.add(node.id)
+            merged.append(node)
+        if len(merged) == size:
+            break
+    return merged
+
+
+class RoutingTable:
+    """One node's view of the ring."""
+
+    def __init__(self, me: NodeRef, space: IdSpace, successor_list_size: int = 8) -> None:
+        if successor_list_size < 1:
+            raise ValueError("successor list size must be at least 1")
+        self.me = me
+        self.space = space
+        self.successor_list_size = successor_list_size
+        self.predecessor: NodeRef | None = None
+        self.successors: list[NodeRef] = []
+        self.fingers: list[NodeRef | None] = [None] * space.bits
+        self._candidates: list[NodeRef] | None = None
+
+    # -- reading -----------------------------------------------------------------
+
+    @property
+    def successor(self) -> NodeRef:
+        """The first successor, or this node itself when it knows no other."""
+        return self.successors[0] if self.successors else self.me
+
+    def finger_count(self) -> int:
+        """How many distinct nodes the finger table points at."""
+        return len({f.id for f in self.fingers if f is not None})
+
+    def known_nodes(self) -> list[NodeRef]:
+        """Every distinct other node in successor list, fingers and predecessor."""
+        nodes = list(self._routing_candidates())
+        if self.predecessor is not None and all(n.id != self.predecessor.id for n in nodes):
+            nodes.append(self.predecessor)
+        return nodes
+
+    def owns(self, key: int) -> bool:
+        """True when key ∈ (predecessor, me]; a lone node owns everything."""
+        if self.predecessor is None:
+            return not self.successors
+        return in_half_open(key, self.predecessor.id, self.me.id)
+
+    def route(self, key: int, count: int | None = 3, exclude: frozenset[int] = frozenset()) -> Owner | Forward:
+        """Answer a routing step for key from local state alone, treating the
+        nodes in `exclude` as dead."""
+        successors = [n for n in self.successors if n.id not in exclude] if exclude else self.successors
+        if self.owns(key) or not successors:
+            return Owner([self.me, *successors])
+        if in_half_open(key, self.me.id, successors[0].id):
+            return Owner(successors)
+        return Forward(self.closest_preceding(key, count, exclude))
+
+    def closest_preceding(self, key: int, count: int | None = 3, exclude: frozenset[int] = frozenset()) -> list[NodeRef]:
+        """Known nodes strictly inside (me, key) and not excluded, closest to key
+        first; all of them when count is None."""
+        me = self.me.id
+        found = [n for n in self._routing_candidates() if in_open(n.id, me, key) and n.id not in exclude]
+        found.sort(key=lambda n: self.space.distance(n.id, key))
+        return found if count is None else found[:count]
+
+    # -- changing ----------------------------------------------------------------
+
+    def set_successors(self, successor: NodeRef, its_successors: Sequence[NodeRef]) -> None:
+        self.successors = merge_successor_list(self.me, successor, its_successors, self.successor_list_size)
+        self._candidates = None
+
+    def set_predecessor(self, node: NodeRef | None) -> None:
+        self.predecessor = None if node is not None and node.id == self.me.id else node
+
+    def fill_fingers(self, index: int, node: NodeRef) -> int:
+        """Record node = successor(finger_start(index)) and every later finger it also
+        answers; return the next finger index still to fix (wrapping to 0)."""
+        span = self.space.distance(self.me.id, node.id) if node.id != self.me.id else self.space.size
+        bits = self.space.bits
+        while index < bits and (1 << index) <= span:
+            self.fingers[index] = None if node.id == self.me.id else node
+            index += 1
+        self._candidates = None
+        return index % bits
+
+    def learn(self, node: NodeRef) -> None:
+        """Use a node heard of elsewhere as a finger hint where its slot is empty or worse."""
+        if node.id == self.me.id:
+            return
+        index = self.space.distance(self.me.id, node.id).bit_length() - 1
+        current = self.fingers[index]
+        start = self.space.finger_start(self.me.id, index)
+        if current is None or self.space.distance(start, node.id) < self.space.distance(start, current.id):
+            self.fingers[index] = node
+            self._candidates = None
+
+    def forget(self, node_id: int) -> bool:
+        """Drop a node believed dead from every table; return whether it was known."""
+        known = False
+        if self.predecessor is not None and self.predecessor.id == node_id:
+            self.predecessor = None
+            known = True
+        remaining = [n for n in self.successors if n.id != node_id]
+        if len(remaining) != len(self.successors):
+            self.successors = remaining
+            known = True
+        for index, finger in enumerate(self.fingers):
+            if finger is not None and finger.id == node_id:
+                self.fingers[index] = None
+                known = True
+        if known:
+            self._candidates = None
+        return known
+
+    def _routing_candidates(self) -> list[NodeRef]:
+        if self._candidates is None:
+            distinct: dict[int, NodeRef] = {}
+            for node in (*self.successors, *self.fingers):
+                if node is not None and node.id != self.me.id:
+                    distinct.setdefault(node.id, node)
+            self._candidates = list(distinct.values())
+        return self._candidates

@@ -1,0 +1,243 @@
+"""A cluster of real Chord nodes on a `SimNetwork`, with the oracle that judges them.
+
+Owns starting, crashing, restarting and retiring simulated nodes, and the truth
+they are measured against: the sorted ring of live node IDs, the true owner of a
+key, and which successor and predecessor pointers disagree with it. Tests and the
+churn simulator both build on this. Waiting is done on conditions with deadlines,
+in virtual time, never by sleeping a fixed span.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+import trio
+
+from .errors import LookupFailed
+from .node import ChordNode, NodeConfig
+from .routing import NodeRef
+from .simnet import SimNetwork
+
+
+class ConvergenceTimeout(Exception):
+    """A condition did not become true within its deadline."""
+
+
+@dataclass
+class LookupTally:
+    """Outcomes of a batch of lookups judged by the oracle."""
+
+    correct: int = 0
+    wrong: int = 0
+    failed: int = 0
+    hops: list[int] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.correct + self.wrong + self.failed
+
+
+class SimCluster:
+    """Real nodes in one nursery on one simulated network."""
+
+    def __init__(self, nursery: trio.Nursery, network: SimNetwork, config: NodeConfig, rng: random.Random) -> None:
+        self.nursery = nursery
+        self.network = network
+        self.config = config
+        self.rng = rng
+        self.nodes: dict[str, ChordNode] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._serial = 0
+        self._ids: list[int] = []
+
+    # -- membership -----------------------------------------------------------------
+
+    def new_address(self) -> str:
+        self._serial += 1
+        return f"sim-{self._serial}"
+
+    def _make_node(self, address: str | None, node_id: int | None) -> ChordNode:
+        while True:
+            address = address or self.new_address()
+            node = ChordNode(self.network.endpoint(address), self.config, node_id, random.Random(self.rng.random()))
+            if node.me.id not in self._id_set():
+                return node
+            if node_id is not None:
+                raise ValueError(f"node ID {node_id:x} is already live")
+            self.network.crash(address)
+            address = None
+
+    def _id_set(self) -> set[int]:
+        return {node.me.id for node in self.nodes.values()}
+
+    async def add_node(self, bootstrap: str | None = None, address: str | None = None, node_id: int | None = None) -> ChordNode:
+        """Start a node that joins through `bootstrap` (a random live node when None;
+        it founds the ring when the cluster is empty)."""
+        node = self._make_node(address, node_id)
+        if bootstrap is None and self.nodes:
+            bootstrap = self.rng.choice(sorted(self.nodes))
+        await node.join(bootstrap)
+        self._register(node)
+        self._scopes[node.me.address] = await self.nursery.start(self._run, node)
+        return node
+
+    def add_stable_nodes(self, count: int) -> list[ChordNode]:
+        """Create `count` nodes whose routing state is already the oracle's ideal
+        (successors, predecessor, every finger), as if fully stabilized."""
+        nodes = [self._make_node(None, None) for _ in range(count)]
+        for node in nodes:
+            self._register(node)
+        self.install_ideal_routing()
+        return nodes
+
+    async def grow(self, count: int) -> None:
+        """Join `count` nodes one by one, each through a random live node."""
+        for _ in range(count):
+            await self.add_node()
+
+    async def start_all(self) -> None:
+        """Start maintenance on every node not yet running (after add_stable_nodes)."""
+        for address, node in self.nodes.items():
+            if address not in self._scopes:
+                self._scopes[address] = await self.nursery.start(self._run, node)
+
+    def _register(self, node: ChordNode) -> None:
+        self.nodes[node.me.address] = node
+        bisect.insort(self._ids, node.me.id)
+
+    def _unregister(self, address: str) -> ChordNode:
+        node = self.nodes.pop(address)
+        self._ids.pop(bisect.bisect_left(self._ids, node.me.id))
+        scope = self._scopes.pop(address, None)
+        if scope is not None:
+            scope.cancel()
+        return node
+
+    @staticmethod
+    async def _run(node: ChordNode, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await node.run()
+
+    def crash(self, address: str) -> ChordNode:
+        """Crash a node: it stops answering at once and its memory is gone."""
+        self.network.crash(address)
+        return self._unregister(address)
+
+    async def leave(self, address: str) -> ChordNode:
+        """A graceful leave, then the node is gone."""
+        node = self._unregister(address)
+        await node.leave()
+        self.network.crash(address)
+        return node
+
+    # -- the oracle -----------------------------------------------------------------
+
+    @property
+    def ids(self) -> list[int]:
+        """Live node IDs in ring order."""
+        return self._ids
+
+    def _by_id(self) -> dict[int, ChordNode]:
+        return {node.me.id: node for node in self.nodes.values()}
+
+    def owner_id(self, key: int) -> int:
+        """The ID of the live node that truly owns key."""
+        index = bisect.bisect_left(self._ids, key)
+        return self._ids[index % len(self._ids)]
+
+    def ring_errors(self) -> list[str]:
+        """Every successor or predecessor pointer that disagrees with the true ring."""
+        by_id = self._by_id()
+        ids = self._ids
+        errors: list[str] = []
+        for index, ident in enumerate(ids):
+            node = by_id[ident]
+            true_successor = ids[(index + 1) % len(ids)]
+            true_predecessor = ids[index - 1]
+            successor = node.routing.successor.id
+            predecessor = node.routing.predecessor.id if node.routing.predecessor else None
+            if len(ids) > 1 and successor != true_successor:
+                errors.append(f"{node.me.address}: successor {successor:x} should be {true_successor:x}")
+            if len(ids) > 1 and predecessor != true_predecessor:
+                errors.append(f"{node.me.address}: predecessor {predecessor} should be {true_predecessor:x}")
+        return errors
+
+    def is_converged(self) -> bool:
+        return not self.ring_errors()
+
+    def fingers_converged(self) -> bool:
+        """Every finger of every live node points at the true successor of its start."""
+        for node in self.nodes.values():
+            for index, finger in enumerate(node.routing.fingers):
+                owner = self.owner_id(node.space.finger_start(node.me.id, index))
+                if (finger.id if finger else node.me.id) != owner:
+                    return False
+        return True
+
+    async def run_lookups(self, count: int, parallel: int = 100) -> LookupTally:
+        """Look up `count` random keys from random live nodes, `parallel` at a time,
+        judging each answer against the true owner when it arrives."""
+        tally = LookupTally()
+
+        async def one() -> None:
+            key = self.rng.getrandbits(self.config.bits)
+            started = trio.current_time()
+            try:
+                result = await self.random_node().lookup(key)
+            except LookupFailed:
+                tally.failed += 1
+                return
+            tally.latencies.append(trio.current_time() - started)
+            tally.hops.append(result.hops)
+            if result.owner.id == self.owner_id(key):
+                tally.correct += 1
+            else:
+                tally.wrong += 1
+
+        for start in range(0, count, parallel):
+            async with trio.open_nursery() as batch:
+                for _ in range(min(parallel, count - start)):
+                    batch.start_soon(one)
+        return tally
+
+    def install_ideal_routing(self) -> None:
+        """Set every node's routing state to what a fully stabilized ring would hold."""
+        by_id = self._by_id()
+        ids = self._ids
+        count = len(ids)
+        for index, ident in enumerate(ids):
+            node = by_id[ident]
+            routing = node.routing
+            if count == 1:
+                routing.successors, routing.predecessor = [], None
+                continue
+            after = [by_id[ids[(index + k) % count]].me for k in range(1, min(count, routing.successor_list_size + 1))]
+            routing.set_successors(after[0], after[1:])
+            routing.set_predecessor(by_id[ids[index - 1]].me)
+            finger = 0
+            while True:
+                owner = by_id[self.owner_id(node.space.finger_start(ident, finger))].me
+                finger = routing.fill_fingers(finger, owner)
+                if finger == 0:
+                    break
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float, poll: float = 0.5) -> float:
+        """Poll condition in virtual time until true; return the time it took.
+        Raise ConvergenceTimeout after `timeout` seconds."""
+        start = trio.current_time()
+        with trio.move_on_after(timeout):
+            while not condition():
+                await trio.sleep(poll)
+            return trio.current_time() - start
+        raise ConvergenceTimeout(f"condition not met within {timeout:g}s of virtual time")
+
+    def random_node(self) -> ChordNode:
+        return self.nodes[self.rng.choice(sorted(self.nodes))]
+
+    def ref(self, ident: int) -> NodeRef:
+        return self._by_id()[ident].me

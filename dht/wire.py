@@ -1,0 +1,161 @@
+"""The TCP wire format: length-prefixed msgpack frames. Pure: no sockets.
+
+A frame is a 4-byte big-endian length followed by that many bytes of msgpack.
+Requests are ``[request_id, method, args]`` and replies ``[request_id, ok, result]``
+where ``result`` is ``[kind, message]`` when ok is false. Integers wider than 64 bits
+(ring identifiers) travel as msgpack extension type 1, big-endian two's complement.
+
+`FrameDecoder` is an incremental parser in the manner of h11: feed it bytes, pull
+complete messages out; it raises typed errors and never touches a socket.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .errors import FrameTooLarge, ProtocolError
+
+MAX_BLOCK = 1 << 20
+MAX_FRAME = MAX_BLOCK + 64 * 1024
+_LENGTH = struct.Struct(">I")
+_BIGINT_EXT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: int
+    method: str
+    args: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: int
+    ok: bool
+    result: Any
+
+
+def _pack_default(value: Any) -> Any:
+    if isinstance(value, int):
+        length = (value.bit_length() + 8) // 8
+        return msgpack.ExtType(_BIGINT_EXT, value.to_bytes(length, "big", signed=True))
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"cannot encode {type(value).__name__} on the wire")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code != _BIGINT_EXT:
+        raise ProtocolError(f"unknown msgpack extension type {code}")
+    return int.from_bytes(data, "big", signed=True)
+
+
+def pack(value: Any) -> bytes:
+    """msgpack-encode a value, big integers included."""
+    return msgpack.packb(value, default=_pack_default, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    """Decode one msgpack value; raise ProtocolError on anything malformed."""
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"malformed msgpack payload: {exc}") from None
+
+
+def encode_frame(message: Any, max_frame: int = MAX_FRAME) -> bytes:
+    payload = pack(message)
+    if len(payload) > max_frame:
+        raise FrameTooLarge(f"frame of {len(payload)} bytes exceeds the cap of {max_frame}")
+    return _LENGTH.pack(len(payload)) + payload
+
+
+def encode_request(request_id: int, method: str, args: list[Any], max_frame: int = MAX_FRAME) -> bytes:
+    return encode_frame([request_id, method, args], max_frame)
+
+
+def encode_reply(request_id: int | None, ok: bool, result: Any, max_frame: int = MAX_FRAME) -> bytes:
+    return encode_frame([request_id, ok, result], max_frame)
+
+
+def encode_error(request_id: int | None, kind: str, message: str) -> bytes:
+    return encode_reply(request_id, False, [kind, message])
+
+
+class FrameDecoder:
+    """Incremental frame parser: `feed` bytes, then call `next_payload` until None."""
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def in_frame(self) -> bool:
+        """True while a frame has started but not yet fully arrived."""
+        return bool(self._buffer)
+
+    def next_payload(self) -> bytes | None:
+        """The next complete frame's payload, or None when more bytes are needed."""
+        if len(self._buffer) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(self._buffer)
+        if length > self.max_frame:
+            raise FrameTooLarge(f"frame length {length} exceeds the cap of {self.max_frame}")
+        end = _LENGTH.size + length
+        if len(self._buffer) < end:
+            return None
+        payload = bytes(self._buffer[_LENGTH.size : end])
+        del self._buffer[:end]
+        return payload
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
+
+
+def parse_request(payload: bytes) -> Request:
+    """Decode and validate a request frame's payload."""
+    message = unpack(payload)
+    if not isinstance(message, list) or len(message) != 3:
+        raise ProtocolError(f"a request must be [request_id, method, args], got {message!r:.80}")
+    request_id, method, args = message
+    if not _is_id(request_id):
+        raise ProtocolError(f"request_id must be an unsigned 64-bit integer, got {request_id!r:.40}")
+    if not isinstance(method, str):
+        raise ProtocolError(f"method must be a string, got {method!r:.40}")
+    if not isinstance(args, list):
+        raise ProtocolError(f"args must be a list, got {args!r:.40}")
+    return Request(request_id, method, args)
+
+
+def parse_reply(payload: bytes) -> Reply:
+    """Decode and validate a reply frame's payload."""
+    message = unpack(payload)
+    if not isinstance(message, list) or len(message) != 3 or not isinstance(message[1], bool):
+        raise ProtocolError(f"a reply must be [request_id, ok, result], got {message!r:.80}")
+    request_id, ok, result = message
+    if not _is_id(request_id):
+        raise ProtocolError(f"reply request_id must be an unsigned 64-bit integer, got {request_id!r:.40}")
+    if not ok and not (isinstance(result, list) and len(result) == 2 and all(isinstance(x, str) for x in result)):
+        raise ProtocolError(f"an error reply must carry [kind, message], got {result!r:.80}")
+    return Reply(request_id, ok, result)
+
+
+def request_id_of(payload: bytes) -> int | None:
+    """Best-effort request ID of a payload that failed validation, for the error reply."""
+    try:
+        message = unpack(payload)
+    except ProtocolError:
+        return None
+    if isinstance(message, list) and message and _is_id(message[0]):
+        return message[0]
+    return None

@@ -1,0 +1,1 @@
+"""HTTP caching edge proxies (issue 5; not built yet)."""

@@ -1,0 +1,1 @@
+"""chordcdn's command line, churn simulator and benchmarks."""
