@@ -42,6 +42,16 @@ class NodeConfig:
     lookup_timeout: float = 10.0
     candidates_per_step: int = 3
 
+    @classmethod
+    def every(cls, interval: float, **settings: Any) -> "NodeConfig":
+        """Settings with stabilize, fix_fingers and check_predecessor all at `interval`."""
+        return cls(
+            stabilize_interval=interval,
+            fix_fingers_interval=interval,
+            check_predecessor_interval=interval,
+            **settings,
+        )
+
     def __post_init__(self) -> None:
         for name in ("stabilize_interval", "fix_fingers_interval", "check_predecessor_interval", "rpc_timeout", "lookup_timeout"):
             if getattr(self, name) <= 0:

@@ -10,6 +10,7 @@ in virtual time, never by sleeping a fixed span.
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -33,12 +34,41 @@ class LookupTally:
     correct: int = 0
     wrong: int = 0
     failed: int = 0
+    timeouts: int = 0
     hops: list[int] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return self.correct + self.wrong + self.failed
+
+    def summary(self) -> dict[str, float | int]:
+        """Rates and percentiles (nearest rank) for reports."""
+        total = self.total or 1
+        hops = sorted(self.hops)
+        latencies = sorted(self.latencies)
+        return {
+            "lookups": self.total,
+            "lookup_success_rate": (self.correct + self.wrong) / total,
+            "correct_rate": self.correct / total,
+            "wrong": self.wrong,
+            "failed": self.failed,
+            "timeouts": self.timeouts,
+            "mean_hops": sum(hops) / len(hops) if hops else 0.0,
+            "p50_hops": percentile(hops, 0.50),
+            "p99_hops": percentile(hops, 0.99),
+            "max_hops": hops[-1] if hops else 0,
+            "mean_latency": sum(latencies) / len(latencies) if latencies else 0.0,
+            "p99_latency": percentile(latencies, 0.99),
+        }
+
+
+def percentile(ordered: list, fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list (0 when empty)."""
+    if not ordered:
+        return 0
+    rank = max(1, math.ceil(round(len(ordered) * fraction, 9)))  # round away float noise first
+    return ordered[min(rank, len(ordered)) - 1]
 
 
 class SimCluster:
@@ -194,6 +224,7 @@ class SimCluster:
                 return
             tally.latencies.append(trio.current_time() - started)
             tally.hops.append(result.hops)
+            tally.timeouts += result.timeouts
             if result.owner.id == self.owner_id(key):
                 tally.correct += 1
             else:

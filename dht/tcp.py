@@ -294,12 +294,19 @@ async def open_tcp_transport(
     host: str | None = "127.0.0.1", port: int = 0, **options: Any
 ) -> AsyncIterator[TcpTransport]:
     """A TCP transport listening on host:port (port 0 picks one), or a call-only
-    client when host is None. Closes every connection on exit."""
-    async with trio.open_nursery() as nursery:
-        transport = TcpTransport(nursery, **options)
-        if host is not None:
-            await transport.listen(host, port)
-        try:
-            yield transport
-        finally:
-            nursery.cancel_scope.cancel()
+    client when host is None. Closes every connection on exit. An exception from
+    the body (or from binding) comes out as itself, not wrapped in a group: the
+    transport's own tasks never raise."""
+    try:
+        async with trio.open_nursery() as nursery:
+            transport = TcpTransport(nursery, **options)
+            if host is not None:
+                await transport.listen(host, port)
+            try:
+                yield transport
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise

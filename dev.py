@@ -1,0 +1,57 @@
+"""Set up the project's virtualenv, then run the demo, the tests or the benchmarks.
+
+    python3 dev.py demo [ARGS...]    # chordcdn demo
+    python3 dev.py test [ARGS...]    # pytest
+    python3 dev.py bench             # tools/bench, with the peer (kademlia) installed
+
+Needs only Python 3.11+ with pip: it creates .venv beside this file and installs the
+project into it, again whenever pyproject.toml changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+
+
+def ensure_env(extras: str) -> None:
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    stamp = VENV / ".installed"
+    if stamp.exists() and stamp.read_text() == wanted:
+        return
+    if not PYTHON.exists():
+        print(f"creating {VENV}", file=sys.stderr)
+        venv.create(VENV, with_pip=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--upgrade", "pip"], check=True)
+    subprocess.run([*pip, "-e", f"{ROOT}[{extras}]"], check=True, cwd=ROOT)
+    stamp.write_text(wanted)
+
+
+def main() -> None:
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "bench"):
+        sys.exit(__doc__)
+    command, rest = sys.argv[1], sys.argv[2:]
+    os.chdir(ROOT)
+    if command == "bench":
+        ensure_env("test,bench")
+        for bench in ("bench_hops", "bench_rpc"):
+            subprocess.run([str(PYTHON), "-m", f"tools.bench.{bench}", *rest], check=True)
+        return
+    ensure_env("test")
+    if command == "demo":
+        os.execv(BIN / "chordcdn", [str(BIN / "chordcdn"), "demo", *rest])
+    os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
+
+
+if __name__ == "__main__":
+    main()

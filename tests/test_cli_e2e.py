@@ -1,0 +1,166 @@
+"""End to end through the `chordcdn` command: real processes, real TCP.
+
+Starts `chordcdn node` processes on 127.0.0.1 port 0, walks and checks the ring
+with `chordcdn ring --check`, looks keys up with `chordcdn lookup`, kills a node
+with SIGKILL and stops one with SIGTERM. Every wait polls against a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import pytest
+import trio
+
+from dht.ids import IdSpace
+
+CHORDCDN = shutil.which("chordcdn", path=os.path.dirname(sys.executable)) or "chordcdn"
+NODE_FLAGS = ["--stabilize-interval", "0.2", "--rpc-timeout", "0.5"]
+
+
+class NodeProcess:
+    def __init__(self, process: trio.Process, address: str, output: bytes) -> None:
+        self.process, self.address, self.output = process, address, output
+
+
+async def start_node(join: str | None = None) -> NodeProcess:
+    command = [CHORDCDN, "--log-level", "WARNING", "node", "--listen", "127.0.0.1:0", *NODE_FLAGS]
+    if join:
+        command += ["--join", join]
+    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+    output = b""
+    with trio.fail_after(15):
+        while b"\n" not in output:
+            chunk = await process.stdout.receive_some(4096)  # type: ignore[union-attr]
+            if not chunk:
+                raise AssertionError(f"node exited before it was ready: {output!r}")
+            output += chunk
+    line = output.decode().splitlines()[0]
+    assert "listening on 127.0.0.1:" in line, line
+    return NodeProcess(process, line.rsplit(" ", 1)[1], output)
+
+
+@asynccontextmanager
+async def node_processes(count: int) -> AsyncIterator[list[NodeProcess]]:
+    nodes: list[NodeProcess] = []
+    try:
+        nodes.append(await start_node())
+        for _ in range(count - 1):
+            nodes.append(await start_node(nodes[0].address))
+        yield nodes
+    finally:
+        for node in nodes:
+            if node.process.returncode is None:
+                node.process.kill()
+        with trio.move_on_after(5):
+            for node in nodes:
+                await node.process.wait()
+
+
+async def chordcdn(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(30):
+        return await trio.run_process([CHORDCDN, *args], capture_stdout=True, capture_stderr=True, check=False)
+
+
+async def check_passes_within(via: str, timeout: float = 20.0) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(timeout):
+        while True:
+            result = await chordcdn("ring", "--via", via, "--check")
+            if result.returncode == 0:
+                return result
+            await trio.sleep(0.2)
+
+
+async def ring_json(via: str) -> dict:
+    result = await chordcdn("ring", "--via", via, "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+async def test_four_processes_sigkill_and_check_passes_again() -> None:
+    async with node_processes(4) as nodes:
+        result = await check_passes_within(nodes[0].address)
+        assert b"4 nodes; ring consistent" in result.stdout
+        victim = nodes[2]
+        victim.process.send_signal(signal.SIGKILL)
+        await victim.process.wait()
+        result = await check_passes_within(nodes[0].address)
+        assert b"3 nodes; ring consistent" in result.stdout
+        assert victim.address.encode() not in result.stdout
+
+
+async def test_check_reports_wrong_links_with_exit_1() -> None:
+    async with node_processes(3) as nodes:
+        await check_passes_within(nodes[0].address)
+        # Freeze one node (SIGSTOP): it stops answering but keeps its sockets, so
+        # its neighbours still point at it until they notice.
+        frozen = nodes[1]
+        frozen.process.send_signal(signal.SIGSTOP)
+        try:
+            result = await chordcdn("ring", "--via", nodes[0].address, "--check", "--timeout", "0.5")
+            assert result.returncode == 1
+            assert b"wrong:" in result.stderr and frozen.address.encode() in result.stderr
+        finally:
+            frozen.process.send_signal(signal.SIGCONT)
+
+
+async def test_lookup_names_the_true_owner() -> None:
+    async with node_processes(4) as nodes:
+        await check_passes_within(nodes[0].address)
+        ring = await ring_json(nodes[0].address)
+        ids = sorted(int(node["id"], 16) for node in ring["nodes"])
+        for key_text in ("hello.txt", "0x1", "f" * 64):
+            result = await chordcdn("lookup", key_text, "--via", nodes[1].address, "--json")
+            assert result.returncode == 0, result.stderr
+            reply = json.loads(result.stdout)
+            key = IdSpace().key_for(key_text)
+            assert int(reply["key"], 16) == key
+            expected = next((i for i in ids if i >= key), ids[0])
+            assert int(reply["owner"]["id"], 16) == expected
+            assert reply["path"][0] == nodes[1].address and reply["hops"] == len(reply["path"]) - 1
+
+
+async def test_sigterm_is_a_graceful_leave() -> None:
+    async with node_processes(4) as nodes:
+        await check_passes_within(nodes[0].address)
+        leaver = nodes[3]
+        leaver.process.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await leaver.process.wait()
+        assert code == 0
+        rest = await leaver.process.stdout.receive_some(4096)  # type: ignore[union-attr]
+        assert b"left the ring" in leaver.output + rest
+        # The neighbours were told directly, so the very next check passes.
+        result = await chordcdn("ring", "--via", nodes[0].address, "--check")
+        assert result.returncode == 0, result.stderr
+        assert b"3 nodes" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["ring", "--via", "127.0.0.1:1"], 3, b"cannot reach 127.0.0.1:1"),
+        (["ring", "--via", "nonsense"], 2, b"is not HOST:PORT"),
+        (["lookup", "k", "--via", "127.0.0.1:1"], 3, b"cannot reach"),
+        (["node", "--listen", "127.0.0.1:0", "--join", "127.0.0.1:1"], 3, b"cannot join via 127.0.0.1:1"),
+        (["node", "--listen", "127.0.0.1:0", "--id", "xyz"], 2, b"not a hexadecimal identifier"),
+    ],
+)
+async def test_bad_input_gets_a_clear_error(args: list[str], code: int, message: bytes) -> None:
+    result = await chordcdn(*args)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+
+
+async def test_demo_once_prints_a_consistent_ring() -> None:
+    result = await chordcdn("demo", "--once")
+    assert result.returncode == 0, result.stderr
+    assert b"ring consistent" in result.stdout
+    assert result.stdout.count(b"127.0.0.1:") >= 8

@@ -1,0 +1,1 @@
+"""Benchmarks: run with `python -m tools.bench.NAME`; not part of the test suite."""

@@ -1,0 +1,250 @@
+"""The `chordcdn` command: argument parsing and output for every subcommand.
+
+Owns the user's side of the tools: flags, exit codes, text and JSON output.
+Exit codes: 0 success; 1 a check or lookup found a problem; 2 bad usage;
+3 the node named by --via or --join could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Sequence
+
+import trio
+
+from dht.errors import ChordError
+from dht.ids import DEFAULT_BITS, IdSpace
+from dht.node import ChordNode, NodeConfig
+from dht.routing import NodeRef
+from dht.tcp import open_tcp_transport, split_address
+
+from . import sim
+from .noderun import run_local_ring, run_node
+from .ringwalk import RingView, render_ring, ring_problems, walk
+
+EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+
+class CliError(Exception):
+    """A failure to report on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def address(text: str) -> str:
+    try:
+        split_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def emit(data: Any, as_json: bool, lines: Sequence[str]) -> None:
+    print(json.dumps(data, indent=2) if as_json else "\n".join(lines))
+
+
+# -- node ---------------------------------------------------------------------------
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    config = NodeConfig.every(
+        args.stabilize_interval, bits=args.bits, successor_list_size=args.successors, rpc_timeout=args.rpc_timeout
+    )
+    node_id = IdSpace(args.bits).parse_id(args.id) if args.id else None
+    try:
+        trio.run(run_node, args.listen, args.join, node_id, config, lambda line: print(line, flush=True))
+    except* ChordError as group:
+        raise CliError(f"cannot join via {args.join}: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
+    except* OSError as group:
+        raise CliError(f"cannot listen on {args.listen}: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
+    return 0
+
+
+# -- ring and lookup ------------------------------------------------------------------
+
+
+async def _with_client(via: str, work: Any) -> Any:
+    async with open_tcp_transport(None) as client:
+        try:
+            return await work(client)
+        except ChordError as exc:
+            raise CliError(f"cannot reach {via}: {exc}", EXIT_UNREACHABLE) from None
+
+
+def cmd_ring(args: argparse.Namespace) -> int:
+    view: RingView = trio.run(_with_client, args.via, lambda client: walk(client, args.via, args.timeout))
+    space = IdSpace(view.nodes[0].bits)
+    problems = ring_problems(view)
+    data = {
+        "nodes": [info.to_json(space) for info in view.nodes],
+        "unreachable": sorted(view.unreachable),
+        "consistent": not problems,
+        "problems": problems,
+    }
+    summary = f"{len(view.nodes)} nodes; " + ("ring consistent" if not problems else f"{len(problems)} wrong links")
+    emit(data, args.json, [*render_ring(view, space), summary])
+    if args.check and problems:
+        if not args.json:
+            print("\n".join(f"wrong: {problem}" for problem in problems), file=sys.stderr)
+        return EXIT_PROBLEM
+    return 0
+
+
+def cmd_lookup(args: argparse.Namespace) -> int:
+    async def ask(client: Any) -> tuple[int, dict[str, Any]]:
+        info = await client.call(args.via, "info", [], timeout=args.timeout)
+        space = IdSpace(info["bits"])
+        try:
+            key = space.key_for(args.key)
+        except ValueError as exc:
+            raise CliError(f"bad key: {exc}", EXIT_USAGE) from None
+        return info["bits"], await client.call(args.via, "lookup", [key], timeout=args.timeout)
+
+    bits, reply = trio.run(_with_client, args.via, ask)
+    space = IdSpace(bits)
+    owner = NodeRef.from_wire(reply["owner"])
+    path = [NodeRef.from_wire(hop) for hop in reply["path"]]
+    data = {
+        "key": format(reply["key"], "x"),
+        "owner": {"address": owner.address, "id": format(owner.id, "x")},
+        "path": [args.via, *(hop.address for hop in path)],
+        "hops": reply["hops"],
+        "timeouts": reply["timeouts"],
+    }
+    lines = [
+        f"key    {space.short(reply['key'])}…",
+        f"owner  {owner.address} ({space.short(owner.id)}…)",
+        f"path   {' -> '.join(data['path'])}",
+        f"hops   {reply['hops']}",
+    ]
+    emit(data, args.json, lines)
+    return 0
+
+
+# -- sim and demo ------------------------------------------------------------------
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    try:
+        options = sim.SimOptions(
+            scenario=args.scenario,
+            nodes=args.nodes,
+            lookups=args.lookups,
+            seed=args.seed,
+            bits=args.bits,
+            build=args.build,
+            latency=args.latency,
+            stabilize_interval=args.stabilize_interval,
+            successors=args.successors,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    summary = sim.run(options)
+    lines = [f"{key:24} {value:.4g}" if isinstance(value, float) else f"{key:24} {value}" for key, value in summary.items()]
+    emit(summary, args.json, lines)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    config = NodeConfig(stabilize_interval=0.5, fix_fingers_interval=0.25, check_predecessor_interval=0.5)
+
+    def show(nodes: list[ChordNode], view: RingView) -> None:
+        space = nodes[0].space
+        via = nodes[0].me.address
+        print(f"A Chord ring of {len(nodes)} nodes on loopback:\n")
+        print("\n".join(render_ring(view, space)))
+        problems = ring_problems(view)
+        print("\nring consistent" if not problems else "\n".join(problems))
+        print("\nTry, in another terminal:")
+        print(f"  chordcdn ring --via {via} --check")
+        print(f"  chordcdn lookup hello.txt --via {via}")
+        print(f"  chordcdn node --listen 127.0.0.1:0 --join {via}")
+        if not args.once:
+            print("\nPress Ctrl-C to stop.", flush=True)
+
+    trio.run(run_local_ring, args.nodes, config, show, not args.once)
+    return 0
+
+
+# -- wiring -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chordcdn", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = commands.add_parser("node", help="run a ring node in the foreground; SIGTERM or Ctrl-C leaves gracefully")
+    node.add_argument("--listen", type=address, required=True, metavar="HOST:PORT", help="port 0 picks a free one")
+    node.add_argument("--join", type=address, metavar="HOST:PORT", help="any node of the ring (omit to start one)")
+    node.add_argument("--id", metavar="HEX", help="node ID (default: SHA-256 of the advertised HOST:PORT)")
+    node.add_argument("--stabilize-interval", type=positive, default=1.0, metavar="S")
+    node.add_argument("--successors", type=int, default=8, metavar="R", help="successor list length")
+    node.add_argument("--rpc-timeout", type=positive, default=1.0, metavar="S")
+    node.add_argument("--bits", type=int, default=DEFAULT_BITS, help=argparse.SUPPRESS)
+    node.set_defaults(run=cmd_node)
+
+    ring = commands.add_parser("ring", help="walk the ring from any node and print it")
+    ring.add_argument("--via", type=address, required=True, metavar="HOST:PORT")
+    ring.add_argument("--check", action="store_true", help="exit 1 when any successor or predecessor is wrong")
+    ring.add_argument("--json", action="store_true")
+    ring.add_argument("--timeout", type=positive, default=2.0, metavar="S")
+    ring.set_defaults(run=cmd_ring)
+
+    lookup = commands.add_parser("lookup", help="find the node responsible for a key")
+    lookup.add_argument("key", metavar="KEY", help='"0x…" or full-width hex is an ID; any other text is hashed')
+    lookup.add_argument("--via", type=address, required=True, metavar="HOST:PORT")
+    lookup.add_argument("--json", action="store_true")
+    lookup.add_argument("--timeout", type=positive, default=15.0, metavar="S")
+    lookup.set_defaults(run=cmd_lookup)
+
+    simulate = commands.add_parser("sim", help="run real node code on a simulated network in virtual time")
+    simulate.add_argument("--scenario", default="static", choices=sorted(sim.SCENARIOS))
+    simulate.add_argument("--nodes", type=int, default=1024)
+    simulate.add_argument("--lookups", type=int, default=10_000)
+    simulate.add_argument("--seed", type=int, default=1)
+    simulate.add_argument("--bits", type=int, default=DEFAULT_BITS)
+    simulate.add_argument("--build", default="ideal", choices=sim.BUILDS,
+                          help="ideal: install stabilized routing state; join: real joins, then wait for stabilization")
+    simulate.add_argument("--latency", type=positive, default=0.01, metavar="S", help="one-way link latency")
+    simulate.add_argument("--stabilize-interval", type=positive, default=30.0, metavar="S")
+    simulate.add_argument("--successors", type=int, default=8, metavar="R")
+    simulate.add_argument("--json", action="store_true")
+    simulate.set_defaults(run=cmd_sim)
+
+    demo = commands.add_parser("demo", help="a local ring of 8 nodes on loopback")
+    demo.add_argument("--nodes", type=int, default=8)
+    demo.add_argument("--once", action="store_true", help="print the ring and exit")
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except CliError as exc:
+        print(f"chordcdn {args.command}: {exc}", file=sys.stderr)
+        return exc.code
+    except ValueError as exc:
+        print(f"chordcdn {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

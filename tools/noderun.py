@@ -1,0 +1,87 @@
+"""Running real nodes over TCP: one node in the foreground (`chordcdn node`) and a
+local ring of several in one process (`chordcdn demo`).
+
+Owns process life: binding, joining, SIGTERM and Ctrl-C as a graceful leave.
+Reports go through the `report` callback so the library itself never prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from typing import Callable
+
+import trio
+
+from dht.node import ChordNode, NodeConfig
+from dht.tcp import open_tcp_transport, split_address
+from dht.transport import Transport
+
+from .ringwalk import RingView, ring_problems, walk
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str], None]
+
+
+async def wait_for_signal() -> int:
+    """Block until SIGTERM or SIGINT; return the signal number."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            return signum
+    raise AssertionError("signal receiver ended")
+
+
+async def run_node(listen: str, join: str | None, node_id: int | None, config: NodeConfig, report: Report) -> None:
+    """Serve one node until SIGTERM or Ctrl-C, then leave the ring gracefully."""
+    host, port = split_address(listen)
+    async with open_tcp_transport(host, port) as transport:
+        node = ChordNode(transport, config, node_id)
+        await node.join(join)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            report(f"node {node.space.short(node.me.id)} listening on {node.me.address}")
+            signum = await wait_for_signal()
+            log.info("%s received: leaving the ring", signal.Signals(signum).name)
+            with trio.move_on_after(2 * config.rpc_timeout * config.rpc_attempts + 1):
+                await node.leave()
+            nursery.cancel_scope.cancel()
+    report(f"node {node.space.short(node.me.id)} left the ring")
+
+
+async def settled_view(client: Transport, via: str, deadline: float) -> RingView:
+    """Walk the ring until it checks clean or `deadline` (trio time) passes."""
+    view = await walk(client, via)
+    while ring_problems(view) and trio.current_time() < deadline:
+        await trio.sleep(0.2)
+        view = await walk(client, via)
+    return view
+
+
+async def serve_local_node(
+    join: str | None, config: NodeConfig, *, task_status: trio.TaskStatus[ChordNode] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """One node on 127.0.0.1 with a free port, joined and running, until cancelled."""
+    async with open_tcp_transport("127.0.0.1", 0) as transport:
+        node = ChordNode(transport, config)
+        await node.join(join)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            task_status.started(node)
+        await trio.sleep_forever()  # after a leave, until cancelled: the transport stays open
+
+
+async def run_local_ring(count: int, config: NodeConfig, on_ready: Callable[[list[ChordNode], RingView], None], hold: bool) -> None:
+    """Start `count` nodes on 127.0.0.1 in this process, wait for a consistent
+    ring, hand it to on_ready, then serve until a signal when `hold` is set."""
+    async with open_tcp_transport(None) as client, trio.open_nursery() as nursery:
+        nodes: list[ChordNode] = []
+        for _ in range(count):
+            nodes.append(await nursery.start(serve_local_node, nodes[0].me.address if nodes else None, config))
+        view = await settled_view(client, nodes[0].me.address, trio.current_time() + 30)
+        on_ready(nodes, view)
+        if hold:
+            await wait_for_signal()
+            for node in nodes:
+                await node.leave()
+        nursery.cancel_scope.cancel()
