@@ -57,7 +57,7 @@ WARMUP = 0.3  # seconds of calls per round before measuring
 MAX_CALLS_PER_TASK = 10_000_000  # a count bound on every call loop, besides its deadline
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
-PEER_LIFETIME = 900.0  # a kademlia peer left behind by a killed benchmark exits by itself
+MAX_DURATION, MAX_ROUNDS = 600.0, 100
 NODE_READY = re.compile(r"node \S+ listening on (\S+)")
 KADEMLIA_READY = re.compile(r"kademlia listening on (\S+)")
 
@@ -91,6 +91,7 @@ class Sample:
         return ordered[max(0, math.ceil(q * len(ordered)) - 1)] / 1000
 
     def figures(self) -> dict[str, float]:
+        """The round's figures as reported; latencies in microseconds."""
         return {
             "calls_per_s": self.calls / self.elapsed,
             "median_us": self.quantile_us(0.5),
@@ -168,11 +169,18 @@ async def gather_asyncio(calls: list[Call]) -> None:
     await asyncio.gather(*(call() for call in calls))
 
 
+def ignore_late_replies(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """rpcudp sets results on the futures of calls an interrupt cancelled: no traceback for that."""
+    if not isinstance(context.get("exception"), asyncio.InvalidStateError):
+        loop.default_exception_handler(context)
+
+
 async def kademlia_round(address: str, seconds: float) -> dict[str, Sample]:
     """One round against a kademlia server, from a fresh kademlia Server of our own."""
     from kademlia.network import Server  # optional extra, imported only when used
 
     host, port = split_address(address)
+    asyncio.get_running_loop().set_exception_handler(ignore_late_replies)
     server = Server()
     await server.listen(0, interface="127.0.0.1")
     try:
@@ -223,8 +231,9 @@ def chordcdn_argv() -> list[str]:
     return [*command, "--log-level", "WARNING", "node", "--listen", "127.0.0.1:0"]
 
 
-def kademlia_argv() -> list[str]:
-    return [sys.executable, "-m", "tools.bench.bench_rpc", "--serve-kademlia"]
+def kademlia_argv(lifetime: float) -> list[str]:
+    """The peer exits by itself after `lifetime` seconds, should this process die without stopping it."""
+    return [sys.executable, "-m", "tools.bench.bench_rpc", "--serve-kademlia", f"{lifetime:.0f}"]
 
 
 def tail(stream: IO[bytes], limit: int = 2000) -> str:
@@ -264,9 +273,11 @@ def stop(process: subprocess.Popen[bytes], name: str) -> int:
 
 @contextlib.contextmanager
 def running(argv: Sequence[str], ready: re.Pattern[str], name: str, exits: dict[str, int]) -> Iterator[str]:
-    """Run a server process; yield the address it prints; always stop it, noting its exit code."""
+    """Run a server process; yield the address it prints; always stop it. Once it was
+    ready, its exit code after SIGTERM goes into `exits`."""
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        address = None
         try:
             try:
                 address = await_ready(process, ready, STARTUP_TIMEOUT)
@@ -274,7 +285,9 @@ def running(argv: Sequence[str], ready: re.Pattern[str], name: str, exits: dict[
                 raise PeerError(f"{name}: {exc}; its stderr: {tail(errors) or '(empty)'}") from None
             yield address
         finally:
-            exits[name] = stop(process, name)
+            code = stop(process, name)
+            if address is not None:
+                exits[name] = code
             if process.stdout is not None:
                 process.stdout.close()
 
@@ -284,6 +297,8 @@ def running(argv: Sequence[str], ready: re.Pattern[str], name: str, exits: dict[
 
 @dataclass
 class Results:
+    """Every round's samples, by system then mode, and what went wrong on the way."""
+
     samples: dict[str, dict[str, list[Sample]]]
     kademlia_note: str | None = None  # why kademlia was not (fully) measured
     exits: dict[str, int] = field(default_factory=dict)  # server name -> exit code after SIGTERM
@@ -304,12 +319,12 @@ def record(results: Results, system: str, round_no: int, samples: dict[str, Samp
         )
 
 
-def start_kademlia(stack: contextlib.ExitStack, exits: dict[str, int]) -> tuple[str | None, str | None]:
+def start_kademlia(stack: contextlib.ExitStack, exits: dict[str, int], lifetime: float) -> tuple[str | None, str | None]:
     """Start the kademlia peer if possible: (address, None) or (None, why not)."""
     if kademlia_version() is None:
         return None, "the kademlia package is not installed (pip install kademlia, or the 'bench' extra)"
     try:
-        return stack.enter_context(running(kademlia_argv(), KADEMLIA_READY, "kademlia peer", exits)), None
+        return stack.enter_context(running(kademlia_argv(lifetime), KADEMLIA_READY, "kademlia peer", exits)), None
     except (PeerError, OSError) as exc:
         return None, f"the kademlia peer did not start: {exc}"
 
@@ -318,7 +333,8 @@ def run(seconds: float, rounds: int) -> Results:
     results = Results({system: {mode: [] for mode in MODES} for system in SYSTEMS})
     with contextlib.ExitStack() as stack:
         node = stack.enter_context(running(chordcdn_argv(), NODE_READY, "chordcdn node", results.exits))
-        peer, results.kademlia_note = start_kademlia(stack, results.exits)
+        planned = rounds * len(SYSTEMS) * (WARMUP + len(MODES) * seconds)
+        peer, results.kademlia_note = start_kademlia(stack, results.exits, 2 * planned + 120)
         progress(f"chordcdn node on {node}; kademlia peer on {peer or '(none)'}")
         for round_no in range(1, rounds + 1):
             record(results, "ours", round_no, trio.run(ours_round, node, seconds))
@@ -349,7 +365,7 @@ def summarize(samples: list[Sample]) -> dict[str, Any] | None:
 def ratio(ours: dict[str, Any] | None, theirs: dict[str, Any] | None) -> float | None:
     if ours is None or theirs is None or not theirs["calls_per_s"]:
         return None
-    return ours["calls_per_s"] / theirs["calls_per_s"]
+    return float(ours["calls_per_s"] / theirs["calls_per_s"])
 
 
 def report(results: Results, seconds: float, rounds: int) -> dict[str, Any]:
@@ -382,7 +398,7 @@ def cells(summary: dict[str, Any] | None) -> str:
 
 
 def render(data: dict[str, Any]) -> list[str]:
-    kademlia = f"kademlia {data['environment']['kademlia'] or ''} (UDP, asyncio)"
+    kademlia = " ".join(filter(None, ["kademlia", data["environment"]["kademlia"], "(UDP, asyncio)"]))
     lines = [
         f"ping RPC round trips on loopback, separate processes; median of {data['rounds']} rounds x {data['duration_s']:g} s",
         "",
@@ -412,15 +428,15 @@ def render(data: dict[str, Any]) -> list[str]:
 
 def positive_float(text: str) -> float:
     value = float(text)
-    if not 0 < value <= 600:
-        raise argparse.ArgumentTypeError(f"must be in (0, 600], got {text}")
+    if not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_DURATION:g}], got {text}")
     return value
 
 
 def positive_int(text: str) -> int:
     value = int(text)
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"must be in 1..100, got {text}")
+    if not 0 < value <= MAX_ROUNDS:
+        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_ROUNDS}, got {text}")
     return value
 
 
@@ -429,20 +445,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=positive_float, default=3.0, metavar="S", help="seconds per mode per round")
     parser.add_argument("--rounds", type=positive_int, default=5, help="rounds per system; the report takes the median")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object")
-    parser.add_argument("--serve-kademlia", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-kademlia", type=float, metavar="LIFETIME", help=argparse.SUPPRESS)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.serve_kademlia:
-        asyncio.run(serve_kademlia(PEER_LIFETIME))
+    if args.serve_kademlia is not None:
+        asyncio.run(serve_kademlia(args.serve_kademlia))
         return 0
-    try:
+    # SIGTERM becomes SIGINT, which trio and asyncio turn into KeyboardInterrupt at safe points,
+    # so the run unwinds and stops the servers (even when started with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    results: Results | None = None
+    failure = ("", 0)
+    try:  # except*: out of trio, either may come wrapped in an exception group
         results = run(args.duration, args.rounds)
-    except PeerError as exc:
-        print(f"bench_rpc: {exc}", file=sys.stderr)
-        return 1
+    except* PeerError as group:
+        failure = (str(group.exceptions[0]), 1)
+    except* KeyboardInterrupt:
+        failure = ("interrupted; servers stopped", 130)
+    if results is None:
+        print(f"bench_rpc: {failure[0]}", file=sys.stderr)
+        return failure[1]
     data = report(results, args.duration, args.rounds)
     print(json.dumps(data, indent=2) if args.json else "\n".join(render(data)))
     return 0
