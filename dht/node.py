@@ -120,7 +120,7 @@ class ChordNode:
         self.rng = rng or random.Random(ident)
         self._next_finger = 0
         self._maintenance: trio.CancelScope | None = None
-        self._handlers: dict[str, Callable[[list[Any]], Awaitable[Any]]] = {
+        self._handlers: dict[str, Callable[[list[Any]], Any]] = {
             "ping": self._on_ping,
             "step": self._on_step,
             "notify": self._on_notify,
@@ -368,12 +368,13 @@ class ChordNode:
 
     # -- serving -------------------------------------------------------------------
 
-    async def handle(self, method: str, args: list[Any]) -> Any:
-        """Answer one incoming call; bad requests raise BadRequest."""
+    def handle(self, method: str, args: list[Any]) -> Any:
+        """Answer one incoming call: the result itself, or an awaitable of it for
+        calls that need the network (lookup). Bad requests raise BadRequest."""
         handler = self._handlers.get(method)
         if handler is None:
             raise BadRequest(f"unknown method {method!r}")
-        return await handler(args)
+        return handler(args)
 
     def _key_arg(self, value: Any, method: str) -> int:
         try:
@@ -381,10 +382,10 @@ class ChordNode:
         except ValueError as exc:
             raise BadRequest(f"{method}: {exc}") from None
 
-    async def _on_ping(self, args: list[Any]) -> list[Any]:
+    def _on_ping(self, args: list[Any]) -> list[Any]:
         return self.me.to_wire()
 
-    async def _on_step(self, args: list[Any]) -> list[Any]:
+    def _on_step(self, args: list[Any]) -> list[Any]:
         if len(args) not in (1, 2):
             raise BadRequest(f"step takes a key and an optional list of dead node IDs, got {len(args)} arguments")
         key = self._key_arg(args[0], "step")
@@ -395,7 +396,7 @@ class ChordNode:
         answer = self.routing.route(key, self.config.candidates_per_step, dead)
         return ["owner" if isinstance(answer, Owner) else "next", refs_to_wire(answer.nodes)]
 
-    async def _on_notify(self, args: list[Any]) -> list[Any]:
+    def _on_notify(self, args: list[Any]) -> list[Any]:
         (value,) = _expect(args, 1, "notify")
         candidate = _node_arg(value, "notify")
         routing = self.routing
@@ -407,7 +408,7 @@ class ChordNode:
                 routing.set_successors(candidate, [])
         return [predecessor.to_wire() if predecessor else None, refs_to_wire(routing.successors)]
 
-    async def _on_consider_successor(self, args: list[Any]) -> bool:
+    def _on_consider_successor(self, args: list[Any]) -> bool:
         (value,) = _expect(args, 1, "consider_successor")
         candidate = _node_arg(value, "consider_successor")
         routing = self.routing
@@ -416,7 +417,7 @@ class ChordNode:
         routing.set_successors(candidate, routing.successors)
         return True
 
-    async def _on_successor_leaving(self, args: list[Any]) -> None:
+    def _on_successor_leaving(self, args: list[Any]) -> None:
         leaver_wire, successors_wire = _expect(args, 2, "successor_leaving")
         leaver = _node_arg(leaver_wire, "successor_leaving")
         try:
@@ -428,7 +429,7 @@ class ChordNode:
         if was_successor and its_successors:
             self.routing.set_successors(its_successors[0], its_successors[1:])
 
-    async def _on_predecessor_leaving(self, args: list[Any]) -> None:
+    def _on_predecessor_leaving(self, args: list[Any]) -> None:
         leaver_wire, predecessor_wire = _expect(args, 2, "predecessor_leaving")
         leaver = _node_arg(leaver_wire, "predecessor_leaving")
         replacement = None if predecessor_wire is None else _node_arg(predecessor_wire, "predecessor_leaving")
@@ -437,7 +438,7 @@ class ChordNode:
         if was_predecessor:
             self.routing.set_predecessor(replacement)
 
-    async def _on_info(self, args: list[Any]) -> dict[str, Any]:
+    def _on_info(self, args: list[Any]) -> dict[str, Any]:
         routing = self.routing
         return {
             "address": self.me.address,

@@ -11,6 +11,7 @@ waits out its deadline, as it would for a dead machine on a real network.
 
 from __future__ import annotations
 
+import inspect
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -126,7 +127,9 @@ class SimNetwork:
         if endpoint is None or not endpoint.up or endpoint.handler is None:
             await trio.sleep_forever()
         try:
-            result = await endpoint.handler(method, args)
+            result = endpoint.handler(method, args)
+            if inspect.isawaitable(result):
+                result = await result
             ok = True
         except Exception as exc:  # the handler's error becomes the caller's RemoteError
             result, ok = remote_error_of(exc), False

@@ -11,10 +11,11 @@ ill-typed message gets an error reply or a closed connection; the node goes on.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 import trio
 
@@ -66,7 +67,8 @@ class _ClientConnection:
         self.stream = stream
         self.max_frame = max_frame
         self.pending: dict[int, _PendingCall] = {}
-        self.send_lock = trio.Lock()
+        self.outbox = bytearray()
+        self.sending = False
         self.closed = False
         self._next_id = 0
 
@@ -162,18 +164,27 @@ class TcpTransport:
         return reply.result
 
     async def _send(self, connection: _ClientConnection, frame: bytes) -> None:
-        async with connection.send_lock:
-            if connection.closed:
-                raise PeerUnreachable(f"connection to {connection.address} closed")
-            sent = False
-            try:
-                await connection.stream.send_all(frame)
-                sent = True
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise PeerUnreachable(f"send to {connection.address} failed: {exc}") from None
-            finally:
-                if not sent:  # a half-written frame poisons the stream
-                    self._drop(connection)
+        """Queue a frame; the caller that finds no send under way sends everything
+        queued, so concurrent calls share syscalls and a lone call pays no extra
+        task switch."""
+        if connection.closed:
+            raise PeerUnreachable(f"connection to {connection.address} closed")
+        connection.outbox += frame
+        if connection.sending:
+            return  # the caller sending now carries this frame too
+        connection.sending = True
+        try:
+            while connection.outbox:
+                data, connection.outbox = bytes(connection.outbox), bytearray()
+                await connection.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._drop(connection)
+            raise PeerUnreachable(f"send to {connection.address} failed: {exc}") from None
+        except BaseException:
+            self._drop(connection)  # cancelled mid-send: a half-written frame poisons the stream
+            raise
+        finally:
+            connection.sending = False
 
     def _drop(self, connection: _ClientConnection) -> None:
         if self._connections.get(connection.address) is connection:
@@ -219,19 +230,32 @@ class TcpTransport:
         self._address = f"{host if host not in ('', '0.0.0.0') else bound_host}:{bound_port}"
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        send_lock = trio.Lock()
-        limiter = trio.CapacityLimiter(MAX_HANDLERS_PER_CONNECTION)
         try:
             async with trio.open_nursery() as handlers:
-                await self._read_requests(stream, send_lock, limiter, handlers)
+                connection = _ServerConnection(stream, handlers, self._handler, self.max_frame)
+                await connection.serve(self.frame_timeout)
                 handlers.cancel_scope.cancel()  # the client is gone: nobody awaits these replies
         finally:
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
-    async def _read_requests(
-        self, stream: trio.SocketStream, send_lock: trio.Lock, limiter: trio.CapacityLimiter, handlers: trio.Nursery
-    ) -> None:
+
+class _ServerConnection:
+    """One incoming connection. A handler that answers at once (returns a value)
+    is answered inline, and the replies to every request in one read go out in a
+    single send; a handler that returns an awaitable runs in its own task, at most
+    MAX_HANDLERS_PER_CONNECTION at a time."""
+
+    def __init__(self, stream: trio.SocketStream, handlers: trio.Nursery, handler: Handler | None, max_frame: int) -> None:
+        self.stream = stream
+        self.handlers = handlers
+        self.handler = handler
+        self.max_frame = max_frame
+        self.send_lock = trio.Lock()
+        self.limiter = trio.CapacityLimiter(MAX_HANDLERS_PER_CONNECTION)
+        self.outbox = bytearray()
+
+    async def serve(self, frame_timeout: float) -> None:
         decoder = FrameDecoder(self.max_frame)
         frame_deadline = math.inf  # a started frame must be complete by then
         try:
@@ -239,52 +263,78 @@ class TcpTransport:
                 try:
                     payload = decoder.next_payload()
                 except FrameTooLarge as exc:
-                    await self._reply(stream, send_lock, encode_error(None, "FrameTooLarge", str(exc)))
+                    self.outbox += encode_error(None, "FrameTooLarge", str(exc))
+                    await self.flush()
                     return
                 if payload is None:
+                    await self.flush()
                     if decoder.in_frame and frame_deadline == math.inf:
-                        frame_deadline = trio.current_time() + self.frame_timeout
+                        frame_deadline = trio.current_time() + frame_timeout
                     with trio.fail_at(frame_deadline):
-                        data = await stream.receive_some(RECEIVE_SIZE)
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         return
                     decoder.feed(data)
                     continue
                 frame_deadline = math.inf
-                try:
-                    request = parse_request(payload)
-                except ProtocolError as exc:
-                    await self._reply(stream, send_lock, encode_error(request_id_of(payload), "ProtocolError", str(exc)))
-                    continue
-                slot = object()
-                await limiter.acquire_on_behalf_of(slot)
-                handlers.start_soon(self._answer, stream, send_lock, limiter, slot, request)
+                await self.dispatch(payload)
         except trio.TooSlowError:
             log.info("dropping a connection that stalled mid-frame")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    async def _answer(
-        self, stream: trio.SocketStream, send_lock: trio.Lock, limiter: trio.CapacityLimiter, slot: object, request: Request
-    ) -> None:
+    async def dispatch(self, payload: bytes) -> None:
+        try:
+            request = parse_request(payload)
+        except ProtocolError as exc:
+            self.outbox += encode_error(request_id_of(payload), "ProtocolError", str(exc))
+            return
+        try:
+            if self.handler is None:
+                raise RemoteError("Unavailable", "this endpoint serves no calls")
+            result = self.handler(request.method, request.args)
+        except Exception as exc:  # reported to the caller, never fatal to the node
+            self.outbox += self.error_frame(request, exc)
+            return
+        if inspect.isawaitable(result):
+            slot = object()
+            await self.limiter.acquire_on_behalf_of(slot)
+            self.handlers.start_soon(self.finish, request, result, slot)
+        else:
+            self.outbox += self.reply_frame(request, result)
+        if len(self.outbox) >= RECEIVE_SIZE:
+            await self.flush()
+
+    async def finish(self, request: Request, pending: Awaitable[Any], slot: object) -> None:
         try:
             try:
-                if self._handler is None:
-                    raise RemoteError("Unavailable", "this endpoint serves no calls")
-                result = await self._handler(request.method, request.args)
-                frame = encode_reply(request.request_id, True, result, self.max_frame)
+                frame = self.reply_frame(request, await pending)
             except Exception as exc:  # reported to the caller, never fatal to the node
-                if not isinstance(exc, (ValueError, LookupError, ChordError)):
-                    log.exception("handler for %s failed", request.method)
-                frame = encode_error(request.request_id, *remote_error_of(exc))
-            await self._reply(stream, send_lock, frame)
+                frame = self.error_frame(request, exc)
+            await self.send(frame)
         finally:
-            limiter.release_on_behalf_of(slot)
+            self.limiter.release_on_behalf_of(slot)
 
-    async def _reply(self, stream: trio.SocketStream, send_lock: trio.Lock, frame: bytes) -> None:
+    def reply_frame(self, request: Request, result: Any) -> bytes:
         try:
-            async with send_lock:
-                await stream.send_all(frame)
+            return encode_reply(request.request_id, True, result, self.max_frame)
+        except (FrameTooLarge, TypeError) as exc:
+            return self.error_frame(request, exc)
+
+    def error_frame(self, request: Request, exc: Exception) -> bytes:
+        if not isinstance(exc, (ValueError, LookupError, ChordError)):
+            log.exception("handler for %s failed", request.method, exc_info=exc)
+        return encode_error(request.request_id, *remote_error_of(exc))
+
+    async def flush(self) -> None:
+        if self.outbox:
+            frames, self.outbox = bytes(self.outbox), bytearray()
+            await self.send(frames)
+
+    async def send(self, data: bytes) -> None:
+        try:
+            async with self.send_lock:
+                await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 

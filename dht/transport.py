@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable, Protocol
 
-Handler = Callable[[str, list[Any]], Awaitable[Any]]
+# A handler returns its result at once when it needs no I/O, or an awaitable of the
+# result when it does; transports answer the first kind without starting a task.
+Handler = Callable[[str, list[Any]], Any | Awaitable[Any]]
 
 
 class Transport(Protocol):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any, Sequence
 
@@ -159,18 +160,22 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     config = NodeConfig(stabilize_interval=0.5, fix_fingers_interval=0.25, check_predecessor_interval=0.5)
+    command = os.path.relpath(sys.argv[0]) if os.path.basename(sys.argv[0]) == "chordcdn" else "chordcdn"
 
-    def show(nodes: list[ChordNode], view: RingView) -> None:
-        space = nodes[0].space
-        via = nodes[0].me.address
+    async def show(nodes: list[ChordNode], view: RingView) -> None:
+        space, via = nodes[0].space, nodes[0].me.address
         print(f"A Chord ring of {len(nodes)} nodes on loopback:\n")
         print("\n".join(render_ring(view, space)))
         problems = ring_problems(view)
-        print("\nring consistent" if not problems else "\n".join(problems))
+        print("\nring consistent\n" if not problems else "\n".join(problems))
+        for key_text in ("hello.txt", "videos/cat.mp4", "index.html"):
+            result = await nodes[0].lookup(space.key_for(key_text))
+            route = " -> ".join([via, *(hop.address for hop in result.path)])
+            print(f"lookup {key_text!r:18} owner {result.owner.address}  hops {result.hops}  ({route})")
         print("\nTry, in another terminal:")
-        print(f"  chordcdn ring --via {via} --check")
-        print(f"  chordcdn lookup hello.txt --via {via}")
-        print(f"  chordcdn node --listen 127.0.0.1:0 --join {via}")
+        print(f"  {command} ring --via {via} --check")
+        print(f"  {command} lookup hello.txt --via {via}")
+        print(f"  {command} node --listen 127.0.0.1:0 --join {via}")
         if not args.once:
             print("\nPress Ctrl-C to stop.", flush=True)
 

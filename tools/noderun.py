@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Callable
+from typing import Awaitable, Callable
 
 import trio
 
@@ -71,7 +71,9 @@ async def serve_local_node(
         await trio.sleep_forever()  # after a leave, until cancelled: the transport stays open
 
 
-async def run_local_ring(count: int, config: NodeConfig, on_ready: Callable[[list[ChordNode], RingView], None], hold: bool) -> None:
+async def run_local_ring(
+    count: int, config: NodeConfig, on_ready: Callable[[list[ChordNode], RingView], Awaitable[None]], hold: bool
+) -> None:
     """Start `count` nodes on 127.0.0.1 in this process, wait for a consistent
     ring, hand it to on_ready, then serve until a signal when `hold` is set."""
     async with open_tcp_transport(None) as client, trio.open_nursery() as nursery:
@@ -79,7 +81,7 @@ async def run_local_ring(count: int, config: NodeConfig, on_ready: Callable[[lis
         for _ in range(count):
             nodes.append(await nursery.start(serve_local_node, nodes[0].me.address if nodes else None, config))
         view = await settled_view(client, nodes[0].me.address, trio.current_time() + 30)
-        on_ready(nodes, view)
+        await on_ready(nodes, view)
         if hold:
             await wait_for_signal()
             for node in nodes:
