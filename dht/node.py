@@ -140,13 +140,13 @@ class ChordNode:
     async def _call(self, node: NodeRef, method: str, *args: Any) -> Any:
         """Call a peer, asking again after a timeout (a lost message is not a dead
         node) up to `rpc_attempts` times; a refused connection is final."""
-        for attempt in range(1, self.config.rpc_attempts + 1):
+        timeout = self.config.rpc_timeout
+        for _ in range(self.config.rpc_attempts - 1):
             try:
-                return await self.transport.call(node.address, method, list(args), timeout=self.config.rpc_timeout)
+                return await self.transport.call(node.address, method, list(args), timeout=timeout)
             except CallTimeout:
-                if attempt == self.config.rpc_attempts:
-                    raise
-        raise AssertionError("unreachable")
+                pass
+        return await self.transport.call(node.address, method, list(args), timeout=timeout)
 
     async def _notify(self, node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
         """Tell node we may be its predecessor; get back the predecessor it had before
@@ -404,6 +404,7 @@ class ChordNode:
         if candidate.id != self.me.id:
             if predecessor is None or in_open(candidate.id, predecessor.id, self.me.id):
                 routing.set_predecessor(candidate)
+                log.info("%r: predecessor is now %s", self, candidate.address)
             if not routing.successors:
                 routing.set_successors(candidate, [])
         return [predecessor.to_wire() if predecessor else None, refs_to_wire(routing.successors)]
