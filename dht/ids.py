@@ -64,6 +64,17 @@ class IdSpace:
         """Clockwise distance from a to b."""
         return (b - a) % self.size
 
+    def position(self, digest: bytes) -> int:
+        """Ring position of a 32-byte SHA-256 digest (a block key): its top `bits` bits."""
+        return int.from_bytes(digest, "big") >> (_HASH_BITS - self.bits)
+
+    def split_arc(self, lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
+        """Cut the clockwise arc (lo, hi] into `parts` consecutive arcs (a, b] of
+        nearly equal length; when lo == hi the arc is the whole circle."""
+        length = self.distance(lo, hi) or self.size
+        cuts = [(lo + length * index // parts) % self.size for index in range(parts + 1)]
+        return [(cuts[index], cuts[index + 1]) for index in range(parts)]
+
     def finger_start(self, node_id: int, index: int) -> int:
         """Start of finger `index` (0-based): node_id + 2^index on the circle."""
         if not 0 <= index < self.bits:

@@ -132,12 +132,18 @@ class ChordNode:
         }
         transport.set_handler(self.handle)
 
+    def register(self, method: str, handler: Callable[[list[Any]], Any]) -> None:
+        """Serve another RPC method (a service built on the ring, such as block storage)."""
+        if method in self._handlers:
+            raise ValueError(f"method {method!r} is already served")
+        self._handlers[method] = handler
+
     def __repr__(self) -> str:
         return f"<ChordNode {self.space.short(self.me.id)} at {self.me.address}>"
 
     # -- outgoing calls ------------------------------------------------------------
 
-    async def _call(self, node: NodeRef, method: str, *args: Any) -> Any:
+    async def call(self, node: NodeRef, method: str, *args: Any) -> Any:
         """Call a peer, asking again after a timeout (a lost message is not a dead
         node) up to `rpc_attempts` times; a refused connection is final."""
         timeout = self.config.rpc_timeout
@@ -151,7 +157,7 @@ class ChordNode:
     async def _notify(self, node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
         """Tell node we may be its predecessor; get back the predecessor it had before
         (the paper's successor.predecessor) and its successor list."""
-        reply = await self._call(node, "notify", self.me.to_wire())
+        reply = await self.call(node, "notify", self.me.to_wire())
         predecessor = NodeRef.from_wire(reply[0]) if reply[0] is not None else None
         return predecessor, refs_from_wire(reply[1])
 
@@ -182,7 +188,7 @@ class ChordNode:
         failure: ChordError = LookupFailed(f"cannot join via {bootstrap}")
         for _ in range(JOIN_ATTEMPTS):
             try:
-                entry = NodeRef.from_wire(await self._call(NodeRef(0, bootstrap), "ping"))
+                entry = NodeRef.from_wire(await self.call(NodeRef(0, bootstrap), "ping"))
                 return await self._iterate(self.me.id, entry, self.config.lookup_timeout)
             except (TransportError, LookupFailed) as exc:
                 failure = exc
@@ -194,7 +200,7 @@ class ChordNode:
         if predecessor is None or not in_open(self.me.id, predecessor.id, self.routing.successor.id):
             return
         try:
-            adopted = await self._call(predecessor, "consider_successor", self.me.to_wire())
+            adopted = await self.call(predecessor, "consider_successor", self.me.to_wire())
         except (TransportError, RemoteError):
             return
         if adopted is True and self.routing.predecessor is None:
@@ -213,7 +219,7 @@ class ChordNode:
 
     async def _try(self, node: NodeRef, method: str, *args: Any) -> None:
         try:
-            await self._call(node, method, *args)
+            await self.call(node, method, *args)
         except (TransportError, RemoteError) as exc:
             log.warning("%r: %s to %s failed: %s", self, method, node.address, exc)
 
@@ -301,7 +307,7 @@ class ChordNode:
         if predecessor is None:
             return
         try:
-            await self._call(predecessor, "ping")
+            await self.call(predecessor, "ping")
         except (TransportError, RemoteError):
             if self.routing.predecessor == predecessor:
                 self.routing.set_predecessor(None)
@@ -361,7 +367,7 @@ class ChordNode:
             answer = self.routing.route(key, None, frozenset(dead))
             return ("owner" if isinstance(answer, Owner) else "next"), answer.nodes
         excluded = sorted(dead)[:MAX_EXCLUDED]
-        kind, nodes = await self._call(hop, "step", key, excluded) if excluded else await self._call(hop, "step", key)
+        kind, nodes = await self.call(hop, "step", key, excluded) if excluded else await self.call(hop, "step", key)
         if kind not in ("owner", "next") or (kind == "owner" and not nodes):
             raise ValueError(f"bad step reply from {hop.address}: {kind!r}")
         return kind, refs_from_wire(nodes)

@@ -17,8 +17,11 @@ from typing import Callable
 
 import trio
 
+from .blockstore import MemoryBlockStore
+from .client import DhtClient
 from .errors import LookupFailed
 from .node import ChordNode, NodeConfig
+from .storage import BlockService, StorageConfig
 from .routing import NodeRef
 from .simnet import SimNetwork
 
@@ -74,12 +77,21 @@ def percentile(ordered: list, fraction: float) -> float:
 class SimCluster:
     """Real nodes in one nursery on one simulated network."""
 
-    def __init__(self, nursery: trio.Nursery, network: SimNetwork, config: NodeConfig, rng: random.Random) -> None:
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        network: SimNetwork,
+        config: NodeConfig,
+        rng: random.Random,
+        storage: StorageConfig | None = None,
+    ) -> None:
         self.nursery = nursery
         self.network = network
         self.config = config
         self.rng = rng
+        self.storage = storage
         self.nodes: dict[str, ChordNode] = {}
+        self.services: dict[str, BlockService] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._serial = 0
         self._ids: list[int] = []
@@ -95,6 +107,8 @@ class SimCluster:
             address = address or self.new_address()
             node = ChordNode(self.network.endpoint(address), self.config, node_id, random.Random(self.rng.random()))
             if node.me.id not in self._id_set():
+                if self.storage is not None:
+                    self.services[address] = BlockService(node, MemoryBlockStore(node.space), self.storage)
                 return node
             if node_id is not None:
                 raise ValueError(f"node ID {node_id:x} is already live")
@@ -112,7 +126,7 @@ class SimCluster:
             bootstrap = self.rng.choice(sorted(self.nodes))
         await node.join(bootstrap)
         self._register(node)
-        self._scopes[node.me.address] = await self.nursery.start(self._run, node)
+        self._scopes[node.me.address] = await self.nursery.start(self._run, node, self.services.get(node.me.address))
         return node
 
     def add_stable_nodes(self, count: int) -> list[ChordNode]:
@@ -133,7 +147,7 @@ class SimCluster:
         """Start maintenance on every node not yet running (after add_stable_nodes)."""
         for address, node in self.nodes.items():
             if address not in self._scopes:
-                self._scopes[address] = await self.nursery.start(self._run, node)
+                self._scopes[address] = await self.nursery.start(self._run, node, self.services.get(address))
 
     def _register(self, node: ChordNode) -> None:
         self.nodes[node.me.address] = node
@@ -141,6 +155,7 @@ class SimCluster:
 
     def _unregister(self, address: str) -> ChordNode:
         node = self.nodes.pop(address)
+        self.services.pop(address, None)
         self._ids.pop(bisect.bisect_left(self._ids, node.me.id))
         scope = self._scopes.pop(address, None)
         if scope is not None:
@@ -148,10 +163,17 @@ class SimCluster:
         return node
 
     @staticmethod
-    async def _run(node: ChordNode, task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _run(
+        node: ChordNode,
+        service: BlockService | None,
+        task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         with trio.CancelScope() as scope:
             task_status.started(scope)
-            await node.run()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(node.run)
+                if service is not None:
+                    nursery.start_soon(service.run)
 
     def crash(self, address: str) -> ChordNode:
         """Crash a node: it stops answering at once and its memory is gone."""
@@ -159,11 +181,34 @@ class SimCluster:
         return self._unregister(address)
 
     async def leave(self, address: str) -> ChordNode:
-        """A graceful leave, then the node is gone."""
+        """A graceful leave (handing off blocks first when storing), then the node is gone."""
+        service = self.services.get(address)
         node = self._unregister(address)
-        await node.leave()
+        await (service.leave() if service is not None else node.leave())
         self.network.crash(address)
         return node
+
+    # -- storage --------------------------------------------------------------------------
+
+    def client(self) -> DhtClient:
+        """A client embedded in a random live node."""
+        return DhtClient.for_node(self.random_node())
+
+    def copies(self, key: bytes) -> int:
+        """How many live nodes hold a block."""
+        return sum(key in service.store for service in self.services.values())
+
+    def all_keys(self) -> set[bytes]:
+        return {key for service in self.services.values() for key in service.store.keys()}
+
+    async def repair_all(self) -> None:
+        """One maintenance pass on every live node, in ring order."""
+        by_id = self._by_id()
+        for ident in list(self._ids):
+            node = by_id.get(ident)
+            service = self.services.get(node.me.address) if node else None
+            if service is not None:
+                await service.repair()
 
     # -- the oracle -----------------------------------------------------------------
 
