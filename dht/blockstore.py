@@ -55,10 +55,14 @@ class BlockStore:
         return list(self._index)
 
     async def put(self, key: bytes, data: bytes) -> bool:
-        """Verify and store a block; return False when it was already here."""
+        """Verify and store a block; return False when an intact copy was already
+        here (a corrupt one is replaced)."""
         verify_block(key, data)
         if key in self._index:
-            return False
+            existing = self._read(key)
+            if existing is not None and block_hash(existing) == key:
+                return False
+            self.corrupt_found += 1
         await self._write(key, data)
         self._index.add(key)
         return True

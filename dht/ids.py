@@ -70,8 +70,10 @@ class IdSpace:
 
     def split_arc(self, lo: int, hi: int, parts: int) -> list[tuple[int, int]]:
         """Cut the clockwise arc (lo, hi] into `parts` consecutive arcs (a, b] of
-        nearly equal length; when lo == hi the arc is the whole circle."""
+        nearly equal length (fewer when the arc holds fewer than `parts` IDs, so no
+        part is empty); when lo == hi the arc is the whole circle."""
         length = self.distance(lo, hi) or self.size
+        parts = max(1, min(parts, length))
         cuts = [(lo + length * index // parts) % self.size for index in range(parts + 1)]
         return [(cuts[index], cuts[index + 1]) for index in range(parts)]
 

@@ -142,6 +142,8 @@ def child_spans(node: DagNode, start: int, end: int) -> list[Span]:
     """The children of node overlapping [start, end) of node's bytes, with the
     offsets to read inside each."""
     spans: list[Span] = []
+    if start >= end:
+        return spans
     offset = 0
     for child in node.children:
         child_end = offset + child.size

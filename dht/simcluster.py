@@ -245,6 +245,11 @@ class SimCluster:
     def is_converged(self) -> bool:
         return not self.ring_errors()
 
+    def successor_lists_full(self) -> bool:
+        """Every live node's successor list is as long as the ring allows."""
+        want = min(self.config.successor_list_size, len(self.nodes) - 1)
+        return all(len(node.routing.successors) >= want for node in self.nodes.values())
+
     def fingers_converged(self) -> bool:
         """Every finger of every live node points at the true successor of its start."""
         for node in self.nodes.values():

@@ -242,11 +242,15 @@ class BlockService:
     # -- leaving ---------------------------------------------------------------------------
 
     async def leave(self) -> None:
-        """Hand every key to the next r successors, then leave the ring."""
+        """Hand every key to the next r live successors, then leave the ring."""
         me = self.node.me
-        for target in self.node.routing.successors[: self.config.replicas]:
+        handed = 0
+        for target in list(self.node.routing.successors):
+            if handed == self.config.replicas:
+                break
             try:
                 await self.sync_arc(target, me.id, me.id, depth=0, pull=False)
-            except (TransportError, RemoteError) as exc:
+                handed += 1
+            except (TransportError, RemoteError) as exc:  # gone too: the next one down takes its place
                 log.warning("%r: hand-off to %s failed: %s", self.node, target.address, exc)
         await self.node.leave()

@@ -12,6 +12,7 @@ import trio.testing
 from dht.node import NodeConfig
 from dht.simcluster import SimCluster
 from dht.simnet import SimNetwork
+from dht.storage import StorageConfig
 
 # Fast maintenance so protocol tests need little virtual time; latency 10 ms one way.
 FAST = NodeConfig(
@@ -32,10 +33,12 @@ def make_cluster(nursery: trio.Nursery) -> ClusterFactory:
     pytest-trio only runs a test on a MockClock that the test function itself
     takes as an argument, so tests using this must also take `autojump_clock`."""
 
-    def build(config: NodeConfig = FAST, seed: int = 1, **network_options: object) -> SimCluster:
+    def build(
+        config: NodeConfig = FAST, seed: int = 1, storage: StorageConfig | None = None, **network_options: object
+    ) -> SimCluster:
         if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
             raise RuntimeError("simulated-network tests must take the autojump_clock fixture as an argument")
         network = SimNetwork(rng=random.Random(seed + 1), **network_options)  # type: ignore[arg-type]
-        return SimCluster(nursery, network, config, random.Random(seed))
+        return SimCluster(nursery, network, config, random.Random(seed), storage)
 
     return build
