@@ -156,11 +156,11 @@ class DhtClient:
         failures: list[ChordError] = []
         limiter = trio.Semaphore(self.window)
 
-        async def store(block: bytes) -> None:
+        async def store(block: bytes, leaf_bytes: int) -> None:
             try:
                 await self.put_block(block)
-                if progress:
-                    progress(len(block))
+                if progress and leaf_bytes:
+                    progress(leaf_bytes)
             except ChordError as exc:
                 failures.append(exc)
                 nursery.cancel_scope.cancel()
@@ -169,13 +169,13 @@ class DhtClient:
 
         async with trio.open_nursery() as nursery:
             while chunk := source.read(chunk_size):
-                for block in builder.add_chunk(chunk):
+                for index, block in enumerate(builder.add_chunk(chunk)):
                     await limiter.acquire()
-                    nursery.start_soon(store, block)
+                    nursery.start_soon(store, block, len(chunk) if index == 0 else 0)
             blocks, root = builder.finish()
             for block in blocks:
                 await limiter.acquire()
-                nursery.start_soon(store, block)
+                nursery.start_soon(store, block, 0)
         if failures:
             raise failures[0]
         return root.hex()

@@ -8,75 +8,14 @@ with SIGKILL and stops one with SIGTERM. Every wait polls against a deadline.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import subprocess
-import sys
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import pytest
 import trio
 
 from dht.ids import IdSpace
 
-CHORDCDN = shutil.which("chordcdn", path=os.path.dirname(sys.executable)) or "chordcdn"
-NODE_FLAGS = ["--stabilize-interval", "0.2", "--rpc-timeout", "0.5"]
-
-
-class NodeProcess:
-    def __init__(self, process: trio.Process, address: str, output: bytes) -> None:
-        self.process, self.address, self.output = process, address, output
-
-
-async def start_node(join: str | None = None) -> NodeProcess:
-    command = [CHORDCDN, "--log-level", "WARNING", "node", "--listen", "127.0.0.1:0", *NODE_FLAGS]
-    if join:
-        command += ["--join", join]
-    process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
-    output = b""
-    with trio.fail_after(15):
-        while b"\n" not in output:
-            chunk = await process.stdout.receive_some(4096)  # type: ignore[union-attr]
-            if not chunk:
-                raise AssertionError(f"node exited before it was ready: {output!r}")
-            output += chunk
-    line = output.decode().splitlines()[0]
-    assert "listening on 127.0.0.1:" in line, line
-    return NodeProcess(process, line.rsplit(" ", 1)[1], output)
-
-
-@asynccontextmanager
-async def node_processes(count: int) -> AsyncIterator[list[NodeProcess]]:
-    nodes: list[NodeProcess] = []
-    try:
-        nodes.append(await start_node())
-        for _ in range(count - 1):
-            nodes.append(await start_node(nodes[0].address))
-        yield nodes
-    finally:
-        for node in nodes:
-            if node.process.returncode is None:
-                node.process.kill()
-        with trio.move_on_after(5):
-            for node in nodes:
-                await node.process.wait()
-
-
-async def chordcdn(*args: str) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(30):
-        return await trio.run_process([CHORDCDN, *args], capture_stdout=True, capture_stderr=True, check=False)
-
-
-async def check_passes_within(via: str, timeout: float = 20.0) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(timeout):
-        while True:
-            result = await chordcdn("ring", "--via", via, "--check")
-            if result.returncode == 0:
-                return result
-            await trio.sleep(0.2)
-
+from .processes import check_passes_within, chordcdn, node_processes
 
 async def ring_json(via: str) -> dict:
     result = await chordcdn("ring", "--via", via, "--json")

@@ -217,3 +217,26 @@ async def test_bad_input_gets_clear_errors_and_loses_nothing(make_cluster: Clust
     with pytest.raises(BlockError, match="parent claims 20"):
         await read_all(client, lying_cid)
     assert await read_all(client, cid) == data  # nothing stored was lost
+
+
+async def test_repair_traffic_follows_the_differences(make_cluster: ClusterFactory, autojump_clock: MockClock) -> None:
+    cluster = await storing_ring(make_cluster, 12)
+    cid = await put(cluster, payload(8 * 1024 * KIB), chunk=64 * KIB, fanout=16)
+    keys = file_keys(cluster, cid)
+    await cluster.repair_all()
+    stats = cluster.network.stats
+
+    def moved() -> int:
+        return sum(s.stats.repair_pushed + s.stats.repair_pulled for s in cluster.services.values())
+
+    before_moved, before_lists = moved(), stats.by_method.get("list_keys", 0)
+    await cluster.repair_all()  # everything in sync: digests agree, nothing is listed or sent
+    assert moved() == before_moved
+    assert stats.by_method.get("list_keys", 0) == before_lists
+    victim_key = next(iter(keys))
+    holder = next(s for s in cluster.services.values() if victim_key in s.store)
+    await holder.store.delete(victim_key)
+    await cluster.repair_all()
+    assert moved() == before_moved + 1  # exactly the one missing block
+    assert stats.by_method.get("list_keys", 0) - before_lists <= 2 * 2  # one leaf arc per request/reply
+    assert all(cluster.copies(key) == R for key in keys)

@@ -1,8 +1,8 @@
 """The `chordcdn` command: argument parsing and output for every subcommand.
 
 Owns the user's side of the tools: flags, exit codes, text and JSON output.
-Exit codes: 0 success; 1 a check or lookup found a problem; 2 bad usage;
-3 the node named by --via or --join could not be reached.
+Exit codes: 0 success; 1 a check found a problem or a transfer failed; 2 bad
+usage or content not found; 3 the node named by --via or --join could not be reached.
 """
 
 from __future__ import annotations
@@ -16,13 +16,16 @@ from typing import Any, Sequence
 
 import trio
 
-from dht.errors import ChordError
+from dht.client import BadRange, BlockNotFound, PutFailed
+from dht.errors import ChordError, LookupFailed, TransportError
+from dht.merkle import DEFAULT_CHUNK, MAX_BLOCK, BlockError, parse_cid
+from dht.storage import StorageConfig
 from dht.ids import DEFAULT_BITS, IdSpace
 from dht.node import ChordNode, NodeConfig
 from dht.routing import NodeRef
 from dht.tcp import open_tcp_transport, split_address
 
-from . import sim
+from . import files, sim
 from .noderun import run_local_ring, run_node
 from .ringwalk import RingView, render_ring, ring_problems, walk
 
@@ -52,6 +55,13 @@ def positive(text: str) -> float:
     return value
 
 
+def chunk_size(text: str) -> int:
+    value = int(text)
+    if not 0 < value <= MAX_BLOCK:
+        raise argparse.ArgumentTypeError(f"must be 1..{MAX_BLOCK} bytes")
+    return value
+
+
 def emit(data: Any, as_json: bool, lines: Sequence[str]) -> None:
     print(json.dumps(data, indent=2) if as_json else "\n".join(lines))
 
@@ -64,8 +74,10 @@ def cmd_node(args: argparse.Namespace) -> int:
         args.stabilize_interval, bits=args.bits, successor_list_size=args.successors, rpc_timeout=args.rpc_timeout
     )
     node_id = IdSpace(args.bits).parse_id(args.id) if args.id else None
+    storage = StorageConfig(replicas=args.replicas, repair_interval=args.repair_interval)
+    report = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        trio.run(run_node, args.listen, args.join, node_id, config, lambda line: print(line, flush=True))
+        trio.run(run_node, args.listen, args.join, node_id, config, report, storage, args.data)
     except* ChordError as group:
         raise CliError(f"cannot join via {args.join}: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
     except* OSError as group:
@@ -134,6 +146,45 @@ def cmd_lookup(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- put and get -------------------------------------------------------------------------
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.file):
+        raise CliError(f"{args.file}: no such file", EXIT_USAGE)
+    try:
+        cid = trio.run(files.put_file, args.file, args.via, args.chunk_size, args.quorum)
+    except* (TransportError, LookupFailed) as group:
+        raise CliError(f"cannot reach the ring via {args.via}: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
+    except* PutFailed as group:
+        raise CliError(str(group.exceptions[0]), EXIT_PROBLEM) from None
+    emit({"cid": cid, "file": args.file, "size": os.path.getsize(args.file)}, args.json, [cid])
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    try:
+        parse_cid(args.cid)
+        start, end = files.parse_range(args.range) if args.range else (0, None)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    target = open(args.output, "wb") if args.output else sys.stdout.buffer
+    try:
+        trio.run(files.get_file, args.cid, args.via, target, bool(args.output), start, end)
+    except* BlockNotFound:
+        raise CliError(f"{args.cid}: not found", EXIT_USAGE) from None
+    except* BadRange as group:
+        raise CliError(str(group.exceptions[0]), EXIT_USAGE) from None
+    except* BlockError as group:
+        raise CliError(f"{args.cid}: refused a bad block: {group.exceptions[0]}", EXIT_PROBLEM) from None
+    except* (TransportError, LookupFailed) as group:
+        raise CliError(f"cannot reach the ring via {args.via}: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
+    finally:
+        if args.output:
+            target.close()
+    return 0
+
+
 # -- sim and demo ------------------------------------------------------------------
 
 
@@ -198,8 +249,26 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--stabilize-interval", type=positive, default=1.0, metavar="S")
     node.add_argument("--successors", type=int, default=8, metavar="R", help="successor list length")
     node.add_argument("--rpc-timeout", type=positive, default=1.0, metavar="S")
+    node.add_argument("--data", metavar="DIR", help="keep blocks in this directory (default: in memory)")
+    node.add_argument("--replicas", type=int, default=3, metavar="R", help="copies of each block")
+    node.add_argument("--repair-interval", type=positive, default=30.0, metavar="S")
     node.add_argument("--bits", type=int, default=DEFAULT_BITS, help=argparse.SUPPRESS)
     node.set_defaults(run=cmd_node)
+
+    put = commands.add_parser("put", help="store a file in the ring and print its CID")
+    put.add_argument("file", metavar="FILE")
+    put.add_argument("--via", type=address, required=True, metavar="HOST:PORT")
+    put.add_argument("--chunk-size", type=chunk_size, default=DEFAULT_CHUNK, metavar="BYTES")
+    put.add_argument("--quorum", type=int, metavar="W", help="copies that must acknowledge (default: all r)")
+    put.add_argument("--json", action="store_true")
+    put.set_defaults(run=cmd_put)
+
+    get = commands.add_parser("get", help="fetch a file by CID, verifying every block")
+    get.add_argument("cid", metavar="CID")
+    get.add_argument("--via", type=address, required=True, metavar="HOST:PORT")
+    get.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    get.add_argument("--range", metavar="START-END", help="bytes START..END inclusive, or START- to the end")
+    get.set_defaults(run=cmd_get)
 
     ring = commands.add_parser("ring", help="walk the ring from any node and print it")
     ring.add_argument("--via", type=address, required=True, metavar="HOST:PORT")

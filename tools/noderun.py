@@ -13,7 +13,9 @@ from typing import Awaitable, Callable
 
 import trio
 
+from dht.blockstore import DiskBlockStore, MemoryBlockStore
 from dht.node import ChordNode, NodeConfig
+from dht.storage import BlockService, StorageConfig
 from dht.tcp import open_tcp_transport, split_address
 from dht.transport import Transport
 
@@ -22,6 +24,7 @@ from .ringwalk import RingView, ring_problems, walk
 log = logging.getLogger(__name__)
 
 Report = Callable[[str], None]
+LEAVE_BUDGET = 60.0  # seconds a graceful leave may spend handing off blocks
 
 
 async def wait_for_signal() -> int:
@@ -32,20 +35,35 @@ async def wait_for_signal() -> int:
     raise AssertionError("signal receiver ended")
 
 
-async def run_node(listen: str, join: str | None, node_id: int | None, config: NodeConfig, report: Report) -> None:
-    """Serve one node until SIGTERM or Ctrl-C, then leave the ring gracefully."""
+async def run_node(
+    listen: str,
+    join: str | None,
+    node_id: int | None,
+    config: NodeConfig,
+    report: Report,
+    storage: StorageConfig = StorageConfig(),
+    data_dir: str | None = None,
+) -> None:
+    """Serve one storing node until SIGTERM or Ctrl-C, then hand off its blocks and
+    leave the ring gracefully. Blocks live under data_dir (in memory without one)."""
     host, port = split_address(listen)
     async with open_tcp_transport(host, port) as transport:
         node = ChordNode(transport, config, node_id)
+        store = DiskBlockStore(node.space, data_dir) if data_dir else MemoryBlockStore(node.space)
+        service = BlockService(node, store, storage)
         await node.join(join)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            report(f"node {node.space.short(node.me.id)} listening on {node.me.address}")
+            await nursery.start(service.run)
+            held = f", {len(store)} blocks in {data_dir}" if data_dir else ""
+            report(f"node {node.space.short(node.me.id)} listening on {node.me.address}{held}")
             signum = await wait_for_signal()
-            log.info("%s received: leaving the ring", signal.Signals(signum).name)
-            with trio.move_on_after(2 * config.rpc_timeout * config.rpc_attempts + 1):
-                await node.leave()
+            log.info("%s received: handing off blocks and leaving the ring", signal.Signals(signum).name)
+            with trio.move_on_after(LEAVE_BUDGET):
+                await service.leave()
             nursery.cancel_scope.cancel()
+        if isinstance(store, DiskBlockStore):
+            store.close()
     report(f"node {node.space.short(node.me.id)} left the ring")
 
 

@@ -1,0 +1,633 @@
+"""Put and get throughput of one large file through a ring of storing nodes on loopback.
+
+What it measures: how fast a client stores a file in the ring (`DhtClient.put_file`:
+cut into 256 KiB leaves plus inner DAG blocks, each block sent to its owner, which
+writes it to disk and forwards it to its r−1 successors) and reads it back
+(`DhtClient.read`: every block fetched from a replica and verified), in MB/s
+(10^6 bytes per second; MiB/s beside it). The ring is --nodes separate `chordcdn
+node` processes on 127.0.0.1 with r = --replicas, each with its own --data
+directory in a temporary directory removed at the end. The client runs in this
+process: `DhtClient.via` over `open_tcp_transport(None)` (trio), so each block's
+owner is found by a `lookup` call to the first node, as `chordcdn put/get` do.
+
+How: start the nodes (the first, then the others joining it), poll `chordcdn ring
+--check` until it passes and every node's first r−1 successors are the true ones;
+write --size-mib of random bytes to a file once; then each of --rounds puts that
+file (timed from opening it to the CID) and gets it back (timed, into a sink that
+keeps no bytes and counts them). Every get must return the file's length; the
+first one's bytes are also kept and their SHA-256 compared with the source after
+the clock stops. Only the first round's put writes blocks to disk: later puts find
+every block already stored (the nodes still verify it, forward it to the replicas
+and answer), so the report shows round 1 apart as well as the median of all rounds.
+
+For scale, the same run measures two links: raw loopback TCP (one stream of 1 MiB
+`sendall`s from this process to a sink process, the bytes counted by the sink) and
+our own transport (`ping` calls carrying a 256 KiB payload to the first node, as
+many in flight as the client's window), and reports put and get as fractions of
+them. After the last round it sums the node data directories, against r × the
+file size, to show that r copies were made, and their spread over the nodes.
+
+    python -m tools.bench.bench_store [--size-mib 256] [--nodes 8] [--replicas 3] [--rounds 3] [--json]
+
+Bars (from the issue): get ≥ 150 MB/s and put ≥ 60 MB/s, on the medians. A put or
+get that takes longer than --transfer-timeout seconds aborts the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from statistics import median
+from typing import IO, Any, Iterator, Sequence
+
+import trio
+
+from dht.client import DhtClient
+from dht.errors import ChordError
+from dht.merkle import DEFAULT_CHUNK
+from dht.tcp import open_tcp_transport, split_address
+from tools.bench.bench_rpc import PeerError, await_ready, progress, tail
+
+ROOT = Path(__file__).resolve().parents[2]
+MB, MIB = 1_000_000, 1 << 20
+BARS = {"put": 60.0, "get": 150.0}  # MB/s, on the median across rounds
+NODE_READY = re.compile(r"node \S+ listening on ([^\s,]+)")
+SINK_READY = re.compile(r"sink listening on (\S+)")
+STARTUP_TIMEOUT = 30.0  # seconds for one process to print its ready line
+RING_TIMEOUT = 90.0  # seconds for the ring to check clean
+RING_CALL_TIMEOUT = 20.0  # seconds for one `chordcdn ring` run
+STOP_TIMEOUT = 30.0  # seconds after SIGTERM, for all nodes together, before kill
+LINK_WRITE = MIB
+PING_PAYLOAD = 256 * 1024
+CALL_TIMEOUT = 10.0
+MAX_LINK_WRITES = 1_000_000  # a count bound on the link loop, besides its deadline
+MAX_SIZE_MIB, MAX_NODES, MAX_ROUNDS = 16_384, 64, 100
+
+
+class BenchError(Exception):
+    """A run that cannot go on: a node or transfer failed, or a check did not pass."""
+
+
+@dataclass(frozen=True)
+class Options:
+    size: int
+    nodes: int
+    replicas: int
+    rounds: int
+    window: int
+    stabilize_interval: float
+    link_seconds: float
+    transfer_timeout: float
+
+
+# -- node processes ----------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    """One `chordcdn node` process, its data directory and its captured stderr."""
+
+    process: subprocess.Popen[bytes]
+    data_dir: Path
+    errors: IO[bytes]
+    address: str = ""
+
+
+def chordcdn_command() -> list[str]:
+    script = Path(sys.executable).parent / "chordcdn"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "tools.cli"]
+    return [*command, "--log-level", "WARNING"]
+
+
+def node_argv(data_dir: Path, options: Options, join: str | None) -> list[str]:
+    argv = [*chordcdn_command(), "node", "--listen", "127.0.0.1:0", "--data", str(data_dir), "--replicas", str(options.replicas)]
+    argv += ["--stabilize-interval", f"{options.stabilize_interval:g}"]
+    return argv + (["--join", join] if join else [])
+
+
+def spawn(data_dir: Path, options: Options, join: str | None, stack: contextlib.ExitStack) -> Node:
+    data_dir.mkdir()
+    errors = stack.enter_context(tempfile.TemporaryFile())
+    argv = node_argv(data_dir, options, join)
+    process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+    return Node(process, data_dir, errors)
+
+
+def wait_ready(node: Node, name: str) -> None:
+    try:
+        node.address = await_ready(node.process, NODE_READY, STARTUP_TIMEOUT)
+    except PeerError as exc:
+        raise PeerError(f"{name}: {exc}; its stderr: {tail(node.errors) or '(empty)'}") from None
+
+
+def start_ring(base: Path, options: Options, nodes: list[Node], stack: contextlib.ExitStack) -> str:
+    """Start the first node, then the others joining it (all at once); return the first's address.
+    Each node goes into `nodes` as soon as it is spawned, so the caller can always stop it."""
+    nodes.append(spawn(base / "node-0", options, None, stack))
+    wait_ready(nodes[0], "node 0")
+    first = nodes[0].address
+    for index in range(1, options.nodes):
+        nodes.append(spawn(base / f"node-{index}", options, first, stack))
+    for index, node in enumerate(nodes[1:], start=1):
+        wait_ready(node, f"node {index}")
+    return first
+
+
+def stop_all(nodes: list[Node]) -> dict[str, Any]:
+    """SIGTERM every node at once, wait for all (kill any left at the deadline); exit codes and time."""
+    started = time.monotonic()
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+    deadline = started + STOP_TIMEOUT
+    codes: dict[str, int] = {}
+    killed: list[str] = []
+    for index, node in enumerate(nodes):
+        name = node.address or f"node {index}"
+        try:
+            codes[name] = node.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            codes[name] = node.process.wait(STOP_TIMEOUT)
+            killed.append(name)
+        if node.process.stdout is not None:
+            node.process.stdout.close()
+    return {"exit_codes": codes, "killed_after_timeout": killed, "seconds": time.monotonic() - started}
+
+
+# -- waiting for the ring ------------------------------------------------------------------------
+
+
+def ring_argv(via: str) -> list[str]:
+    return [*chordcdn_command(), "ring", "--via", via, "--check", "--json"]
+
+
+def ring_is_ready(view: dict[str, Any], count: int, replicas: int) -> bool:
+    """All `count` nodes found, and each one's first r−1 successors the next ones by ID."""
+    nodes = sorted(view["nodes"], key=lambda node: int(node["id"], 16))
+    if len(nodes) != count:
+        return False
+    wanted = min(replicas - 1, count - 1)
+    for index, node in enumerate(nodes):
+        expected = [nodes[(index + step) % count]["id"] for step in range(1, wanted + 1)]
+        if [successor["id"] for successor in node["successors"][:wanted]] != expected:
+            return False
+    return True
+
+
+def wait_for_ring(via: str, options: Options) -> float:
+    """Poll `chordcdn ring --check` until it passes with every node's replica set right; seconds waited."""
+    started = time.monotonic()
+    last = "no answer yet"
+    while time.monotonic() - started < RING_TIMEOUT:
+        try:
+            done = subprocess.run(ring_argv(via), cwd=ROOT, capture_output=True, timeout=RING_CALL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            last = f"`chordcdn ring` took over {RING_CALL_TIMEOUT:g} s"
+            continue
+        if done.returncode == 0 and ring_is_ready(json.loads(done.stdout), options.nodes, options.replicas):
+            return time.monotonic() - started
+        last = (done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}")[-500:]
+        time.sleep(0.5)
+    raise BenchError(f"the ring did not check clean within {RING_TIMEOUT:g} s; last: {last}")
+
+
+# -- the file -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    size: int
+    sha256: str
+
+
+def make_source(directory: Path, size: int) -> Source:
+    """Random bytes written once, hashed as they are written."""
+    path = directory / "source.bin"
+    digest = hashlib.sha256()
+    with open(path, "wb") as file:
+        for offset in range(0, size, 8 * MIB):
+            chunk = os.urandom(min(8 * MIB, size - offset))
+            digest.update(chunk)
+            file.write(chunk)
+    return Source(path, size, digest.hexdigest())
+
+
+# -- the link, for scale ---------------------------------------------------------------------------
+
+
+def serve_sink(lifetime: float) -> None:
+    """The sink process: accept one connection, count its bytes to EOF, answer the count."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(lifetime)
+        print(f"sink listening on 127.0.0.1:{server.getsockname()[1]}", flush=True)
+        connection, _ = server.accept()
+        with connection:
+            connection.settimeout(lifetime)
+            buffer = bytearray(LINK_WRITE)
+            total = 0
+            while received := connection.recv_into(buffer):
+                total += received
+            connection.sendall(struct.pack(">Q", total))
+
+
+def receive_exactly(sock: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            raise BenchError("the link sink closed before answering")
+        data += chunk
+    return data
+
+
+def measure_link(seconds: float) -> dict[str, float]:
+    """One TCP stream of 1 MiB writes to a sink process for `seconds`; MB/s as counted by the sink."""
+    lifetime = seconds + 30
+    argv = [sys.executable, "-m", "tools.bench.bench_store", "--serve-sink", f"{lifetime:g}"]
+    process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    try:
+        host, port = split_address(await_ready(process, SINK_READY, STARTUP_TIMEOUT))
+        payload = os.urandom(LINK_WRITE)
+        with socket.create_connection((host, port), timeout=lifetime) as sock:
+            start = time.perf_counter()
+            for _ in range(MAX_LINK_WRITES):
+                if time.perf_counter() - start >= seconds:
+                    break
+                sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+            (total,) = struct.unpack(">Q", receive_exactly(sock, 8))
+            elapsed = time.perf_counter() - start
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(STOP_TIMEOUT)
+        if process.stdout is not None:
+            process.stdout.close()
+    return {"mb_per_s": total / elapsed / MB, "bytes": total, "seconds": elapsed}
+
+
+async def measure_transport(transport: Any, address: str, width: int, seconds: float) -> dict[str, float]:
+    """`ping` calls each carrying PING_PAYLOAD bytes, `width` in flight, for `seconds`; payload MB/s."""
+    payload = os.urandom(PING_PAYLOAD)
+    calls = 0
+    start = trio.current_time()
+
+    async def caller() -> None:
+        nonlocal calls
+        while trio.current_time() - start < seconds:
+            await transport.call(address, "ping", [payload], timeout=CALL_TIMEOUT)
+            calls += 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(width):
+            nursery.start_soon(caller)
+    elapsed = trio.current_time() - start
+    return {"mb_per_s": calls * PING_PAYLOAD / elapsed / MB, "calls": calls, "in_flight": width, "seconds": elapsed}
+
+
+# -- the transfers --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Round:
+    put_seconds: float
+    get_seconds: float
+    size: int
+    verified: bool = False
+
+    def figures(self) -> dict[str, float | bool]:
+        return {
+            "put_mb_per_s": self.size / self.put_seconds / MB,
+            "get_mb_per_s": self.size / self.get_seconds / MB,
+            "put_seconds": self.put_seconds,
+            "get_seconds": self.get_seconds,
+            "sha256_checked": self.verified,
+        }
+
+
+@contextlib.contextmanager
+def bounded(what: str, seconds: float) -> Iterator[None]:
+    """Fail with a clear message rather than hang, or pass on a ring error as a BenchError."""
+    try:
+        with trio.fail_after(seconds):
+            yield
+    except trio.TooSlowError:
+        raise BenchError(f"{what} did not finish within {seconds:g} s; aborting") from None
+    except ChordError as exc:
+        raise BenchError(f"{what} failed: {type(exc).__name__}: {exc}") from None
+
+
+async def timed_put(client: DhtClient, source: Source, bound: float) -> tuple[str, float]:
+    start = time.perf_counter()
+    with bounded(f"put of {source.size:,} bytes", bound), open(source.path, "rb") as file:
+        cid = await client.put_file(file, DEFAULT_CHUNK)
+    return cid, time.perf_counter() - start
+
+
+async def timed_get(client: DhtClient, cid: str, source: Source, keep: bool, bound: float) -> float:
+    """Read the file into a counting sink; with `keep`, hold the bytes and check their SHA-256 afterwards."""
+    kept: list[bytes] = []
+    count = 0
+
+    async def sink(data: bytes) -> None:
+        nonlocal count
+        count += len(data)
+        if keep:
+            kept.append(data)
+
+    start = time.perf_counter()
+    with bounded(f"get of {source.size:,} bytes", bound):
+        returned = await client.read(cid, sink)
+    elapsed = time.perf_counter() - start
+    if count != source.size or returned != source.size:
+        raise BenchError(f"get returned {count:,} bytes (read said {returned:,}), the file has {source.size:,}")
+    if keep and hashlib.sha256(b"".join(kept)).hexdigest() != source.sha256:
+        raise BenchError("the bytes read back do not match the source's SHA-256")
+    return elapsed
+
+
+@dataclass
+class Transfers:
+    cid: str = ""
+    rounds: list[Round] = field(default_factory=list)
+    transport: dict[str, float] = field(default_factory=dict)
+    client_stats: dict[str, int] = field(default_factory=dict)
+
+
+async def run_transfers(via: str, source: Source, options: Options) -> Transfers:
+    """The transport figure, then every round's put and get, through one client transport."""
+    results = Transfers()
+    async with open_tcp_transport(None) as transport:
+        with bounded("the transport measurement", options.link_seconds + 60):
+            results.transport = await measure_transport(transport, via, options.window, options.link_seconds)
+        progress(f"our transport: {results.transport['mb_per_s']:.0f} MB/s of 256 KiB ping payloads")
+        client = await DhtClient.via(transport, via, window=options.window)
+        for number in range(1, options.rounds + 1):
+            cid, put_seconds = await timed_put(client, source, options.transfer_timeout)
+            if results.cid and cid != results.cid:
+                raise BenchError(f"round {number} put gave CID {cid}, round 1 gave {results.cid}")
+            results.cid = cid
+            get_seconds = await timed_get(client, cid, source, number == 1, options.transfer_timeout)
+            results.rounds.append(Round(put_seconds, get_seconds, source.size, number == 1))
+            fig = results.rounds[-1].figures()
+            progress(f"round {number}: put {fig['put_mb_per_s']:6.1f} MB/s  get {fig['get_mb_per_s']:6.1f} MB/s")
+        results.client_stats = asdict(client.stats)
+    return results
+
+
+# -- where the bytes went -------------------------------------------------------------------------------
+
+
+def directory_usage(directory: Path) -> dict[str, Any]:
+    """All bytes under directory, and the diskcache value files (blocks over 32 KiB) among them."""
+    total = value_bytes = value_files = 0
+    for path in directory.rglob("*"):
+        if not path.is_file():
+            continue
+        size = path.stat().st_size
+        total += size
+        if path.suffix == ".val":
+            value_bytes += size
+            value_files += 1
+    return {"bytes": total, "value_files": value_files, "value_bytes": value_bytes}
+
+
+def spread(nodes: list[Node], size: int, replicas: int) -> dict[str, Any]:
+    per_node = {node.address: directory_usage(node.data_dir) for node in nodes}
+    total = sum(usage["bytes"] for usage in per_node.values())
+    return {
+        "per_node": per_node,
+        "total_bytes": total,
+        "total_value_files": sum(usage["value_files"] for usage in per_node.values()),
+        "expected_bytes": replicas * size,
+        "total_over_expected": total / (replicas * size),
+        "copies_of_file": total / size,
+        "leaves_per_copy": -(-size // DEFAULT_CHUNK),
+    }
+
+
+# -- the run ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    ring_seconds: float = 0.0
+    link: dict[str, float] = field(default_factory=dict)
+    transfers: Transfers = field(default_factory=Transfers)
+    spread: dict[str, Any] = field(default_factory=dict)
+    shutdown: dict[str, Any] = field(default_factory=dict)
+
+
+def run(options: Options) -> Results:
+    results = Results()
+    nodes: list[Node] = []
+    with contextlib.ExitStack() as stack:
+        base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench_store-")))
+        try:
+            first = start_ring(base, options, nodes, stack)
+            results.ring_seconds = wait_for_ring(first, options)
+            progress(f"{options.nodes} nodes, ring ready after {results.ring_seconds:.1f} s; first on {first}")
+            source = make_source(base, options.size)
+            results.link = measure_link(options.link_seconds)
+            progress(f"raw TCP loopback: {results.link['mb_per_s']:.0f} MB/s")
+            results.transfers = trio.run(run_transfers, first, source, options)
+            results.spread = spread(nodes, options.size, options.replicas)
+        finally:
+            results.shutdown = stop_all(nodes)
+    return results
+
+
+# -- the report ---------------------------------------------------------------------------------------------
+
+
+def summarize(values: list[float], bar: float) -> dict[str, Any]:
+    middle = median(values)
+    return {"median_mb_per_s": middle, "median_mib_per_s": middle * MB / MIB, "bar_mb_per_s": bar, "met": middle >= bar}
+
+
+def report(results: Results, options: Options) -> dict[str, Any]:
+    rounds = [r.figures() for r in results.transfers.rounds]
+    put = summarize([float(r["put_mb_per_s"]) for r in rounds], BARS["put"])
+    get = summarize([float(r["get_mb_per_s"]) for r in rounds], BARS["get"])
+    links = {"raw_tcp": results.link["mb_per_s"], "our_transport": results.transfers.transport["mb_per_s"]}
+    return {
+        "benchmark": "put and get of one file through a ring of chordcdn node processes on 127.0.0.1",
+        "size_bytes": options.size,
+        "nodes": options.nodes,
+        "replicas": options.replicas,
+        "window": options.window,
+        "chunk_bytes": DEFAULT_CHUNK,
+        "cid": results.transfers.cid,
+        "rounds": rounds,
+        "put": put,
+        "get": get,
+        "first_round_put_mb_per_s": rounds[0]["put_mb_per_s"],
+        "link": {"raw_tcp": results.link, "our_transport": results.transfers.transport},
+        "ratios": {
+            f"{kind}_over_{link}": summary["median_mb_per_s"] / speed
+            for kind, summary in (("put", put), ("get", get))
+            for link, speed in links.items()
+        },
+        "spread": results.spread,
+        "client_stats": results.transfers.client_stats,
+        "ring_ready_seconds": results.ring_seconds,
+        "shutdown": results.shutdown,
+        "environment": {
+            "python": platform.python_version(),
+            "trio": trio.__version__,
+            "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(),
+        },
+    }
+
+
+def rate(mb_per_s: float) -> str:
+    return f"{mb_per_s:7.1f} MB/s ({mb_per_s * MB / MIB:6.1f} MiB/s)"
+
+
+def render(data: dict[str, Any]) -> list[str]:
+    lines = [
+        f"put and get of a {data['size_bytes'] / MIB:g} MiB file through {data['nodes']} chordcdn node processes "
+        f"on 127.0.0.1, r = {data['replicas']}, {data['window']} blocks in flight",
+        "",
+        f"{'round':>6}  {'put':^30} {'s':>6}   {'get':^30} {'s':>6}",
+    ]
+    for number, r in enumerate(data["rounds"], start=1):
+        note = "  (fresh put; SHA-256 checked)" if number == 1 else "  (re-put: blocks already stored)"
+        lines.append(
+            f"{number:>6}  {rate(r['put_mb_per_s'])} {r['put_seconds']:6.2f}   {rate(r['get_mb_per_s'])} {r['get_seconds']:6.2f}{note}"
+        )
+    put, get = data["put"], data["get"]
+    verdict = lambda s: f"bar ≥ {s['bar_mb_per_s']:g} MB/s {'met' if s['met'] else 'MISSED'}"  # noqa: E731
+    lines += [
+        f"{'median':>6}  {rate(put['median_mb_per_s'])} {'':6}   {rate(get['median_mb_per_s'])}",
+        f"put {verdict(put)}; get {verdict(get)}",
+        "",
+    ]
+    raw, ours = data["link"]["raw_tcp"], data["link"]["our_transport"]
+    ratios = data["ratios"]
+    lines += [
+        f"raw TCP loopback, one stream, 1 MiB writes, process to process: {rate(raw['mb_per_s'])}",
+        f"our transport, ping with 256 KiB payloads, {ours['in_flight']} in flight:   {rate(ours['mb_per_s'])}",
+        f"median put = {ratios['put_over_raw_tcp']:.1%} of raw TCP, {ratios['put_over_our_transport']:.1%} of our transport; "
+        f"get = {ratios['get_over_raw_tcp']:.1%} of raw TCP, {ratios['get_over_our_transport']:.1%} of our transport",
+        "",
+    ]
+    lines += render_spread(data["spread"], data["size_bytes"], data["replicas"])
+    stats = {key: value for key, value in data["client_stats"].items() if value}
+    if stats:
+        lines.append(f"client: {stats}")
+    shutdown = data["shutdown"]
+    unclean = {name: code for name, code in shutdown["exit_codes"].items() if code != 0}
+    lines.append(
+        f"nodes stopped in {shutdown['seconds']:.1f} s after SIGTERM"
+        + (f"; not cleanly: {unclean}" if unclean else "; all exited 0")
+    )
+    return lines
+
+
+def render_spread(data: dict[str, Any], size: int, replicas: int) -> list[str]:
+    lines = [f"data directories after the last round ({replicas} x file = {replicas * size / MIB:,.1f} MiB expected):"]
+    for address, usage in data["per_node"].items():
+        lines.append(f"  {address:>21}  {usage['bytes'] / MIB:8.1f} MiB  {usage['value_files']:5} block files")
+    lines.append(
+        f"  {'total':>21}  {data['total_bytes'] / MIB:8.1f} MiB  {data['total_value_files']:5} block files"
+        f"  = {data['copies_of_file']:.3f} x the file ({data['leaves_per_copy']} leaves a copy)"
+    )
+    return lines
+
+
+# -- command line ----------------------------------------------------------------------------------------------
+
+
+def bounded_int(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be in (0, 3600], got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench_store", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mib", type=bounded_int(1, MAX_SIZE_MIB), default=256, metavar="MIB")
+    parser.add_argument("--nodes", type=bounded_int(1, MAX_NODES), default=8)
+    parser.add_argument("--replicas", type=bounded_int(1, MAX_NODES), default=3, metavar="R")
+    parser.add_argument("--rounds", type=bounded_int(1, MAX_ROUNDS), default=3, help="put+get rounds; the report takes the median")
+    parser.add_argument("--window", type=bounded_int(1, 1024), default=16, help="blocks in flight (DhtClient window)")
+    parser.add_argument("--stabilize-interval", type=positive_float, default=0.5, metavar="S")
+    parser.add_argument("--link-seconds", type=positive_float, default=2.0, metavar="S", help="per link measurement")
+    parser.add_argument("--transfer-timeout", type=positive_float, default=600.0, metavar="S", help="abort a put or get after this")
+    parser.add_argument("--json", action="store_true", help="print every figure as one JSON object")
+    parser.add_argument("--serve-sink", type=float, metavar="LIFETIME", help=argparse.SUPPRESS)
+    return parser
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    if args.replicas > args.nodes:
+        raise BenchError(f"--replicas {args.replicas} needs at least as many --nodes")
+    return Options(
+        size=args.size_mib * MIB,
+        nodes=args.nodes,
+        replicas=args.replicas,
+        rounds=args.rounds,
+        window=args.window,
+        stabilize_interval=args.stabilize_interval,
+        link_seconds=args.link_seconds,
+        transfer_timeout=args.transfer_timeout,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.serve_sink is not None:
+        serve_sink(args.serve_sink)
+        return 0
+    # SIGTERM becomes SIGINT, which trio turns into KeyboardInterrupt at a safe point,
+    # so the run unwinds and stops the nodes (even when started with SIGINT ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    failure = ("", 0)
+    results: Results | None = None
+    try:  # except*: out of trio, either may come wrapped in an exception group
+        options = options_from(args)
+        results = run(options)
+    except* (PeerError, BenchError, ChordError, OSError) as group:
+        failure = (str(group.exceptions[0]), 1)
+    except* KeyboardInterrupt:
+        failure = ("interrupted; nodes stopped", 130)
+    if results is None:
+        print(f"bench_store: {failure[0]}", file=sys.stderr)
+        return failure[1]
+    data = report(results, options)
+    print(json.dumps(data, indent=2) if args.json else "\n".join(render(data)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
