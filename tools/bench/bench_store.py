@@ -14,11 +14,12 @@ How: start the nodes (the first, then the others joining it), poll `chordcdn rin
 --check` until it passes and every node's first r−1 successors are the true ones;
 write --size-mib of random bytes to a file once; then each of --rounds puts that
 file (timed from opening it to the CID) and gets it back (timed, into a sink that
-keeps no bytes and counts them). Every get must return the file's length; the
-first one's bytes are also kept and their SHA-256 compared with the source after
-the clock stops. Only the first round's put writes blocks to disk: later puts find
-every block already stored (the nodes still verify it, forward it to the replicas
-and answer), so the report shows round 1 apart as well as the median of all rounds.
+keeps no bytes and counts them). Every get must return the file's length; after the
+last round one more, untimed, read hashes what comes back and compares its SHA-256
+with the source's. Only the first round's put writes blocks to disk: later puts
+find every block already stored (the nodes still verify it, forward it to the
+replicas and answer), so the report shows round 1 apart as well as the median;
+with --fresh every round puts a file of its own, all written before the first round.
 
 For scale, the same run measures two links: raw loopback TCP (one stream of 1 MiB
 `sendall`s from this process to a sink process, the bytes counted by the sink) and
@@ -27,7 +28,7 @@ many in flight as the client's window), and reports put and get as fractions of
 them. After the last round it sums the node data directories, against r × the
 file size, to show that r copies were made, and their spread over the nodes.
 
-    python -m tools.bench.bench_store [--size-mib 256] [--nodes 8] [--replicas 3] [--rounds 3] [--json]
+    python -m tools.bench.bench_store [--size-mib 256] [--nodes 8] [--replicas 3] [--rounds 3] [--fresh] [--json]
 
 Bars (from the issue): get ≥ 150 MB/s and put ≥ 60 MB/s, on the medians. A put or
 get that takes longer than --transfer-timeout seconds aborts the run.
@@ -52,14 +53,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
-from typing import IO, Any, Iterator, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import trio
 
 from dht.client import DhtClient
 from dht.errors import ChordError
 from dht.merkle import DEFAULT_CHUNK
-from dht.tcp import open_tcp_transport, split_address
+from dht.tcp import TcpTransport, open_tcp_transport, split_address
 from tools.bench.bench_rpc import PeerError, await_ready, progress, tail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +71,7 @@ SINK_READY = re.compile(r"sink listening on (\S+)")
 STARTUP_TIMEOUT = 30.0  # seconds for one process to print its ready line
 RING_TIMEOUT = 90.0  # seconds for the ring to check clean
 RING_CALL_TIMEOUT = 20.0  # seconds for one `chordcdn ring` run
-STOP_TIMEOUT = 30.0  # seconds after SIGTERM, for all nodes together, before kill
+STOP_TIMEOUT = 75.0  # seconds after SIGTERM, for all nodes together, before kill: a node's leave may take 60
 LINK_WRITE = MIB
 PING_PAYLOAD = 256 * 1024
 CALL_TIMEOUT = 10.0
@@ -92,6 +93,7 @@ class Options:
     stabilize_interval: float
     link_seconds: float
     transfer_timeout: float
+    fresh: bool
 
 
 # -- node processes ----------------------------------------------------------------------
@@ -216,9 +218,9 @@ class Source:
     sha256: str
 
 
-def make_source(directory: Path, size: int) -> Source:
+def make_source(directory: Path, size: int, number: int) -> Source:
     """Random bytes written once, hashed as they are written."""
-    path = directory / "source.bin"
+    path = directory / f"source-{number}.bin"
     digest = hashlib.sha256()
     with open(path, "wb") as file:
         for offset in range(0, size, 8 * MIB):
@@ -233,6 +235,7 @@ def make_source(directory: Path, size: int) -> Source:
 
 def serve_sink(lifetime: float) -> None:
     """The sink process: accept one connection, count its bytes to EOF, answer the count."""
+    deadline = time.monotonic() + lifetime
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(lifetime)
         print(f"sink listening on 127.0.0.1:{server.getsockname()[1]}", flush=True)
@@ -241,7 +244,7 @@ def serve_sink(lifetime: float) -> None:
             connection.settimeout(lifetime)
             buffer = bytearray(LINK_WRITE)
             total = 0
-            while received := connection.recv_into(buffer):
+            while time.monotonic() < deadline and (received := connection.recv_into(buffer)):
                 total += received
             connection.sendall(struct.pack(">Q", total))
 
@@ -282,7 +285,7 @@ def measure_link(seconds: float) -> dict[str, float]:
     return {"mb_per_s": total / elapsed / MB, "bytes": total, "seconds": elapsed}
 
 
-async def measure_transport(transport: Any, address: str, width: int, seconds: float) -> dict[str, float]:
+async def measure_transport(transport: TcpTransport, address: str, width: int, seconds: float) -> dict[str, float]:
     """`ping` calls each carrying PING_PAYLOAD bytes, `width` in flight, for `seconds`; payload MB/s."""
     payload = os.urandom(PING_PAYLOAD)
     calls = 0
@@ -309,15 +312,15 @@ class Round:
     put_seconds: float
     get_seconds: float
     size: int
-    verified: bool = False
+    cid: str
 
-    def figures(self) -> dict[str, float | bool]:
+    def figures(self) -> dict[str, float | str]:
         return {
             "put_mb_per_s": self.size / self.put_seconds / MB,
             "get_mb_per_s": self.size / self.get_seconds / MB,
             "put_seconds": self.put_seconds,
             "get_seconds": self.get_seconds,
-            "sha256_checked": self.verified,
+            "cid": self.cid,
         }
 
 
@@ -340,53 +343,72 @@ async def timed_put(client: DhtClient, source: Source, bound: float) -> tuple[st
     return cid, time.perf_counter() - start
 
 
-async def timed_get(client: DhtClient, cid: str, source: Source, keep: bool, bound: float) -> float:
-    """Read the file into a counting sink; with `keep`, hold the bytes and check their SHA-256 afterwards."""
-    kept: list[bytes] = []
+async def read_counted(
+    client: DhtClient, cid: str, source: Source, bound: float, feed: Callable[[bytes], object] | None = None
+) -> None:
+    """Read the file into a sink that counts the bytes (and passes them to `feed`, if given)."""
     count = 0
 
     async def sink(data: bytes) -> None:
         nonlocal count
         count += len(data)
-        if keep:
-            kept.append(data)
+        if feed is not None:
+            feed(data)
 
-    start = time.perf_counter()
     with bounded(f"get of {source.size:,} bytes", bound):
         returned = await client.read(cid, sink)
-    elapsed = time.perf_counter() - start
     if count != source.size or returned != source.size:
         raise BenchError(f"get returned {count:,} bytes (read said {returned:,}), the file has {source.size:,}")
-    if keep and hashlib.sha256(b"".join(kept)).hexdigest() != source.sha256:
-        raise BenchError("the bytes read back do not match the source's SHA-256")
-    return elapsed
+
+
+async def timed_get(client: DhtClient, cid: str, source: Source, bound: float) -> float:
+    start = time.perf_counter()
+    await read_counted(client, cid, source, bound)
+    return time.perf_counter() - start
+
+
+async def verify(client: DhtClient, cid: str, source: Source, bound: float) -> str:
+    """An untimed read whose SHA-256 must be the source's; return it."""
+    digest = hashlib.sha256()
+    await read_counted(client, cid, source, bound, digest.update)
+    if digest.hexdigest() != source.sha256:
+        raise BenchError(f"the bytes read back from {cid} do not match the source's SHA-256")
+    return digest.hexdigest()
 
 
 @dataclass
 class Transfers:
-    cid: str = ""
     rounds: list[Round] = field(default_factory=list)
+    verified_sha256: str = ""
     transport: dict[str, float] = field(default_factory=dict)
     client_stats: dict[str, int] = field(default_factory=dict)
 
 
-async def run_transfers(via: str, source: Source, options: Options) -> Transfers:
-    """The transport figure, then every round's put and get, through one client transport."""
+async def run_round(client: DhtClient, number: int, source: Source, expected_cid: str | None, bound: float) -> Round:
+    """Put the file, then get it; a file put before must get the same CID again."""
+    cid, put_seconds = await timed_put(client, source, bound)
+    if expected_cid is not None and cid != expected_cid:
+        raise BenchError(f"round {number} put gave CID {cid}, an earlier put of the same file gave {expected_cid}")
+    get_seconds = await timed_get(client, cid, source, bound)
+    done = Round(put_seconds, get_seconds, source.size, cid)
+    fig = done.figures()
+    progress(f"round {number}: put {fig['put_mb_per_s']:6.1f} MB/s  get {fig['get_mb_per_s']:6.1f} MB/s")
+    return done
+
+
+async def run_transfers(via: str, sources: list[Source], options: Options) -> Transfers:
+    """The transport figure, every round's put and get, then the verifying read, through one client transport."""
     results = Transfers()
     async with open_tcp_transport(None) as transport:
         with bounded("the transport measurement", options.link_seconds + 60):
             results.transport = await measure_transport(transport, via, options.window, options.link_seconds)
         progress(f"our transport: {results.transport['mb_per_s']:.0f} MB/s of 256 KiB ping payloads")
         client = await DhtClient.via(transport, via, window=options.window)
-        for number in range(1, options.rounds + 1):
-            cid, put_seconds = await timed_put(client, source, options.transfer_timeout)
-            if results.cid and cid != results.cid:
-                raise BenchError(f"round {number} put gave CID {cid}, round 1 gave {results.cid}")
-            results.cid = cid
-            get_seconds = await timed_get(client, cid, source, number == 1, options.transfer_timeout)
-            results.rounds.append(Round(put_seconds, get_seconds, source.size, number == 1))
-            fig = results.rounds[-1].figures()
-            progress(f"round {number}: put {fig['put_mb_per_s']:6.1f} MB/s  get {fig['get_mb_per_s']:6.1f} MB/s")
+        for index in range(options.rounds):
+            earlier = results.rounds[index - len(sources)].cid if index >= len(sources) else None
+            source = sources[index % len(sources)]
+            results.rounds.append(await run_round(client, index + 1, source, earlier, options.transfer_timeout))
+        results.verified_sha256 = await verify(client, results.rounds[0].cid, sources[0], options.transfer_timeout)
         results.client_stats = asdict(client.stats)
     return results
 
@@ -408,17 +430,21 @@ def directory_usage(directory: Path) -> dict[str, Any]:
     return {"bytes": total, "value_files": value_files, "value_bytes": value_bytes}
 
 
-def spread(nodes: list[Node], size: int, replicas: int) -> dict[str, Any]:
+def spread(nodes: list[Node], stored: int, replicas: int) -> dict[str, Any]:
+    """Bytes in each node's data directory against r x the `stored` bytes of distinct files put."""
     per_node = {node.address: directory_usage(node.data_dir) for node in nodes}
     total = sum(usage["bytes"] for usage in per_node.values())
+    values = sum(usage["value_bytes"] for usage in per_node.values())
     return {
         "per_node": per_node,
+        "stored_bytes": stored,
+        "expected_bytes": replicas * stored,
         "total_bytes": total,
+        "total_value_bytes": values,
         "total_value_files": sum(usage["value_files"] for usage in per_node.values()),
-        "expected_bytes": replicas * size,
-        "total_over_expected": total / (replicas * size),
-        "copies_of_file": total / size,
-        "leaves_per_copy": -(-size // DEFAULT_CHUNK),
+        "copies_by_total": total / stored,
+        "copies_by_value_files": values / stored,
+        "leaves_put": -(-stored // DEFAULT_CHUNK),
     }
 
 
@@ -443,11 +469,11 @@ def run(options: Options) -> Results:
             first = start_ring(base, options, nodes, stack)
             results.ring_seconds = wait_for_ring(first, options)
             progress(f"{options.nodes} nodes, ring ready after {results.ring_seconds:.1f} s; first on {first}")
-            source = make_source(base, options.size)
+            sources = [make_source(base, options.size, n) for n in range(options.rounds if options.fresh else 1)]
             results.link = measure_link(options.link_seconds)
             progress(f"raw TCP loopback: {results.link['mb_per_s']:.0f} MB/s")
-            results.transfers = trio.run(run_transfers, first, source, options)
-            results.spread = spread(nodes, options.size, options.replicas)
+            results.transfers = trio.run(run_transfers, first, sources, options)
+            results.spread = spread(nodes, options.size * len(sources), options.replicas)
         finally:
             results.shutdown = stop_all(nodes)
     return results
@@ -473,7 +499,8 @@ def report(results: Results, options: Options) -> dict[str, Any]:
         "replicas": options.replicas,
         "window": options.window,
         "chunk_bytes": DEFAULT_CHUNK,
-        "cid": results.transfers.cid,
+        "fresh_file_each_round": options.fresh,
+        "verified_sha256": results.transfers.verified_sha256,
         "rounds": rounds,
         "put": put,
         "get": get,
@@ -501,6 +528,10 @@ def rate(mb_per_s: float) -> str:
     return f"{mb_per_s:7.1f} MB/s ({mb_per_s * MB / MIB:6.1f} MiB/s)"
 
 
+def verdict(summary: dict[str, Any]) -> str:
+    return f"bar ≥ {summary['bar_mb_per_s']:g} MB/s {'met' if summary['met'] else 'MISSED'}"
+
+
 def render(data: dict[str, Any]) -> list[str]:
     lines = [
         f"put and get of a {data['size_bytes'] / MIB:g} MiB file through {data['nodes']} chordcdn node processes "
@@ -509,15 +540,16 @@ def render(data: dict[str, Any]) -> list[str]:
         f"{'round':>6}  {'put':^30} {'s':>6}   {'get':^30} {'s':>6}",
     ]
     for number, r in enumerate(data["rounds"], start=1):
-        note = "  (fresh put; SHA-256 checked)" if number == 1 else "  (re-put: blocks already stored)"
+        note = "" if number == 1 or data["fresh_file_each_round"] else "  (re-put: blocks already stored)"
         lines.append(
             f"{number:>6}  {rate(r['put_mb_per_s'])} {r['put_seconds']:6.2f}   {rate(r['get_mb_per_s'])} {r['get_seconds']:6.2f}{note}"
         )
     put, get = data["put"], data["get"]
-    verdict = lambda s: f"bar ≥ {s['bar_mb_per_s']:g} MB/s {'met' if s['met'] else 'MISSED'}"  # noqa: E731
     lines += [
         f"{'median':>6}  {rate(put['median_mb_per_s'])} {'':6}   {rate(get['median_mb_per_s'])}",
         f"put {verdict(put)}; get {verdict(get)}",
+        *fresh_note(data),
+        f"the first round's file read back once more, untimed: SHA-256 {data['verified_sha256'][:16]}… matches the source",
         "",
     ]
     raw, ours = data["link"]["raw_tcp"], data["link"]["our_transport"]
@@ -529,7 +561,7 @@ def render(data: dict[str, Any]) -> list[str]:
         f"get = {ratios['get_over_raw_tcp']:.1%} of raw TCP, {ratios['get_over_our_transport']:.1%} of our transport",
         "",
     ]
-    lines += render_spread(data["spread"], data["size_bytes"], data["replicas"])
+    lines += render_spread(data["spread"], data["replicas"])
     stats = {key: value for key, value in data["client_stats"].items() if value}
     if stats:
         lines.append(f"client: {stats}")
@@ -542,21 +574,41 @@ def render(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_spread(data: dict[str, Any], size: int, replicas: int) -> list[str]:
-    lines = [f"data directories after the last round ({replicas} x file = {replicas * size / MIB:,.1f} MiB expected):"]
+def fresh_note(data: dict[str, Any]) -> list[str]:
+    """Without --fresh only round 1 stores new blocks: say how that put fares against the bar."""
+    if data["fresh_file_each_round"] or len(data["rounds"]) < 2:
+        return []
+    first, bar = data["first_round_put_mb_per_s"], data["put"]["bar_mb_per_s"]
+    return [
+        f"note: only round 1's put wrote new blocks ({first:.1f} MB/s, put bar "
+        f"{'met' if first >= bar else 'MISSED'}); rounds 2+ re-put blocks already stored (--fresh avoids that)"
+    ]
+
+
+def render_spread(data: dict[str, Any], replicas: int) -> list[str]:
+    stored = data["stored_bytes"]
+    lines = [
+        f"data directories after the last round: {replicas} x {stored / MIB:,.1f} MiB put = "
+        f"{data['expected_bytes'] / MIB:,.1f} MiB expected",
+        f"  {'node':>21}  {'all files':>12}  {'block files (> 32 KiB)':>26}",
+    ]
     for address, usage in data["per_node"].items():
-        lines.append(f"  {address:>21}  {usage['bytes'] / MIB:8.1f} MiB  {usage['value_files']:5} block files")
-    lines.append(
-        f"  {'total':>21}  {data['total_bytes'] / MIB:8.1f} MiB  {data['total_value_files']:5} block files"
-        f"  = {data['copies_of_file']:.3f} x the file ({data['leaves_per_copy']} leaves a copy)"
-    )
+        lines.append(
+            f"  {address:>21}  {usage['bytes'] / MIB:8.1f} MiB  {usage['value_files']:8} {usage['value_bytes'] / MIB:11.1f} MiB"
+        )
+    lines += [
+        f"  {'total':>21}  {data['total_bytes'] / MIB:8.1f} MiB  {data['total_value_files']:8} {data['total_value_bytes'] / MIB:11.1f} MiB",
+        f"  copies of the data: {data['copies_by_value_files']:.3f} counting block files, {data['copies_by_total']:.3f} counting "
+        f"every file (SQLite index and WAL included); {data['leaves_put']} leaves were put: "
+        f"{replicas * data['leaves_put']} leaf files expected, plus r for each inner block over 32 KiB",
+    ]
     return lines
 
 
 # -- command line ----------------------------------------------------------------------------------------------
 
 
-def bounded_int(low: int, high: int) -> Any:
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
         if not low <= value <= high:
@@ -583,14 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stabilize-interval", type=positive_float, default=0.5, metavar="S")
     parser.add_argument("--link-seconds", type=positive_float, default=2.0, metavar="S", help="per link measurement")
     parser.add_argument("--transfer-timeout", type=positive_float, default=600.0, metavar="S", help="abort a put or get after this")
+    parser.add_argument("--fresh", action="store_true", help="put a different file each round (all new blocks)")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object")
     parser.add_argument("--serve-sink", type=float, metavar="LIFETIME", help=argparse.SUPPRESS)
     return parser
 
 
 def options_from(args: argparse.Namespace) -> Options:
-    if args.replicas > args.nodes:
-        raise BenchError(f"--replicas {args.replicas} needs at least as many --nodes")
     return Options(
         size=args.size_mib * MIB,
         nodes=args.nodes,
@@ -600,14 +651,19 @@ def options_from(args: argparse.Namespace) -> Options:
         stabilize_interval=args.stabilize_interval,
         link_seconds=args.link_seconds,
         transfer_timeout=args.transfer_timeout,
+        fresh=args.fresh,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.serve_sink is not None:
         serve_sink(args.serve_sink)
         return 0
+    if args.replicas > args.nodes:
+        parser.error(f"--replicas {args.replicas} needs at least as many --nodes")
+    options = options_from(args)
     # SIGTERM becomes SIGINT, which trio turns into KeyboardInterrupt at a safe point,
     # so the run unwinds and stops the nodes (even when started with SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -615,7 +671,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     failure = ("", 0)
     results: Results | None = None
     try:  # except*: out of trio, either may come wrapped in an exception group
-        options = options_from(args)
         results = run(options)
     except* (PeerError, BenchError, ChordError, OSError) as group:
         failure = (str(group.exceptions[0]), 1)
