@@ -44,7 +44,7 @@ def main() -> None:
     os.chdir(ROOT)
     if command == "bench":
         ensure_env("test,bench")
-        for bench in ("bench_hops", "bench_rpc"):
+        for bench in ("bench_hops", "bench_rpc", "bench_store"):
             subprocess.run([str(PYTHON), "-m", f"tools.bench.{bench}", *rest], check=True)
         return
     ensure_env("test")

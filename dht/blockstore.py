@@ -1,4 +1,4 @@
-"""Where a node keeps its blocks: in memory (simulation) or in diskcache (real nodes).
+"""Where a node keeps its blocks: in memory (simulation) or in segment files (real nodes).
 
 Owns storage and the per-node view of it that repair needs: keys in ring order,
 the keys inside an arc, and a cheap digest of an arc (count and XOR of keys) so two
@@ -10,14 +10,15 @@ reported as missing, so an unverified byte never leaves the store.
 from __future__ import annotations
 
 import logging
+import os
+import struct
 from pathlib import Path
 from typing import Iterable
 
-import trio
 from sortedcontainers import SortedList
 
 from .ids import IdSpace
-from .merkle import BlockError, block_hash, verify_block
+from .merkle import MAX_BLOCK, BlockError, block_hash, verify_block
 
 log = logging.getLogger(__name__)
 
@@ -133,32 +134,105 @@ class MemoryBlockStore(BlockStore):
 
 
 class DiskBlockStore(BlockStore):
-    """Blocks in a diskcache directory, never evicted; survives restarts.
+    """Blocks appended to segment files under a directory, Bitcask-style.
 
-    diskcache commits a value's row only after its file is written, so a crash in
-    mid-write leaves no readable entry, and every read is verified regardless.
-    Writes go to a worker thread (about 1 ms for 256 KiB); reads, served from the
-    page cache in tens of microseconds, are made directly."""
+    A record is a 41-byte header (magic, kind, key, length) and then the block;
+    a delete appends a tombstone. The in-memory index (key → segment, offset,
+    length) is rebuilt at start by scanning the segments in order. Each start
+    writes to a new segment, so a record torn by a crash in mid-write is simply
+    never indexed; and every read is verified against the block's hash anyway.
+
+    Why not diskcache: it gives every value over 32 KiB a directory, a file and a
+    SQLite row, and writes the file a line at a time; measured here that is 0.7 to
+    2 ms of CPU per 256 KiB block, which held puts to 40–75 MB/s. Appending costs
+    about 0.06 ms, is cheap enough to do without a worker thread, and puts run at
+    well over 100 MB/s. Space from deleted blocks is not yet reclaimed (no
+    compaction)."""
+
+    SEGMENT_LIMIT = 1 << 30
 
     def __init__(self, space: IdSpace, directory: str | Path) -> None:
-        import diskcache  # imported here: simulations never need it
-
         super().__init__(space)
-        self.cache = diskcache.Cache(str(directory), eviction_policy="none", size_limit=2**62)
-        self._index.update(key for key in self.cache.iterkeys() if isinstance(key, bytes) and len(key) == 32)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._locations: dict[bytes, tuple[int, int, int]] = {}
+        self._readers: dict[int, int] = {}
+        segments = sorted(int(path.stem) for path in self.directory.glob("*.blocks") if path.stem.isdigit())
+        for segment in segments:
+            self._scan(segment)
+        self._index.update(self._locations)
+        self._segment = (segments[-1] + 1) if segments else 1
+        self._writer: int | None = None  # opened on the first write of this run
+        self._size = 0
+
+    def _path(self, segment: int) -> Path:
+        return self.directory / f"{segment:06d}.blocks"
+
+    def _open_segment(self, segment: int) -> int:
+        fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = os.fstat(fd).st_size
+        self._readers[segment] = os.open(self._path(segment), os.O_RDONLY)
+        return fd
+
+    def _scan(self, segment: int) -> None:
+        """Index one segment's records; stop at the first torn or foreign record."""
+        self._readers[segment] = os.open(self._path(segment), os.O_RDONLY)
+        with open(self._path(segment), "rb") as source:
+            offset = 0
+            while header := source.read(_HEADER.size):
+                if len(header) < _HEADER.size:
+                    break
+                magic, kind, key, length = _HEADER.unpack(header)
+                if magic != _MAGIC or kind not in (_PUT, _DELETE) or length > MAX_BLOCK:
+                    log.warning("segment %s: unreadable record at %d; ignoring the rest", segment, offset)
+                    break
+                data_offset = offset + _HEADER.size
+                if source.seek(length, os.SEEK_CUR) > os.fstat(source.fileno()).st_size:
+                    break  # torn by a crash in mid-write
+                if kind == _PUT:
+                    self._locations[key] = (segment, data_offset, length)
+                else:
+                    self._locations.pop(key, None)
+                offset = data_offset + length
+
+    def _append(self, kind: int, key: bytes, data: bytes) -> int:
+        if self._writer is not None and self._size + _HEADER.size + len(data) > self.SEGMENT_LIMIT:
+            os.close(self._writer)
+            self._segment += 1
+            self._writer = None
+        if self._writer is None:
+            self._writer = self._open_segment(self._segment)
+        offset = self._size
+        os.write(self._writer, _HEADER.pack(_MAGIC, kind, key, len(data)) + data)
+        self._size += _HEADER.size + len(data)
+        return offset + _HEADER.size
 
     def _read(self, key: bytes) -> bytes | None:
-        value = self.cache.get(key)
-        return value if isinstance(value, bytes) else None
+        location = self._locations.get(key)
+        if location is None:
+            return None
+        segment, offset, length = location
+        return os.pread(self._readers[segment], length, offset)
 
     async def _write(self, key: bytes, data: bytes) -> None:
-        await trio.to_thread.run_sync(self.cache.set, key, data)
+        self._locations[key] = (self._segment, self._append(_PUT, key, data), len(data))
 
     async def _erase(self, key: bytes) -> None:
-        await trio.to_thread.run_sync(self.cache.delete, key)
+        if self._locations.pop(key, None) is not None:
+            self._append(_DELETE, key, b"")
 
     def close(self) -> None:
-        self.cache.close()
+        if self._writer is not None:
+            os.close(self._writer)
+            self._writer = None
+        for fd in self._readers.values():
+            os.close(fd)
+        self._readers.clear()
+
+
+_MAGIC = b"CDNB"
+_PUT, _DELETE = 1, 2
+_HEADER = struct.Struct(">4sB32sI")
 
 
 __all__ = ["BlockError", "BlockStore", "DiskBlockStore", "MemoryBlockStore"]

@@ -16,10 +16,9 @@ write --size-mib of random bytes to a file once; then each of --rounds puts that
 file (timed from opening it to the CID) and gets it back (timed, into a sink that
 keeps no bytes and counts them). Every get must return the file's length; after the
 last round one more, untimed, read hashes what comes back and compares its SHA-256
-with the source's. Only the first round's put writes blocks to disk: later puts
-find every block already stored (the nodes still verify it, forward it to the
-replicas and answer), so the report shows round 1 apart as well as the median;
-with --fresh every round puts a file of its own, all written before the first round.
+with the source's. Each round puts a file of its own (all written before the first
+round), so every put writes new blocks; --same-file re-puts one file instead, which
+measures the cheaper path where every block is already stored.
 
 For scale, the same run measures two links: raw loopback TCP (one stream of 1 MiB
 `sendall`s from this process to a sink process, the bytes counted by the sink) and
@@ -28,7 +27,7 @@ many in flight as the client's window), and reports put and get as fractions of
 them. After the last round it sums the node data directories, against r × the
 file size, to show that r copies were made, and their spread over the nodes.
 
-    python -m tools.bench.bench_store [--size-mib 256] [--nodes 8] [--replicas 3] [--rounds 3] [--fresh] [--json]
+    python -m tools.bench.bench_store [--size-mib 256] [--nodes 8] [--replicas 3] [--rounds 3] [--same-file] [--json]
 
 Bars (from the issue): get ≥ 150 MB/s and put ≥ 60 MB/s, on the medians. A put or
 get that takes longer than --transfer-timeout seconds aborts the run.
@@ -417,14 +416,14 @@ async def run_transfers(via: str, sources: list[Source], options: Options) -> Tr
 
 
 def directory_usage(directory: Path) -> dict[str, Any]:
-    """All bytes under directory, and the diskcache value files (blocks over 32 KiB) among them."""
+    """All bytes under directory, and the block segment files among them."""
     total = value_bytes = value_files = 0
     for path in directory.rglob("*"):
         if not path.is_file():
             continue
         size = path.stat().st_size
         total += size
-        if path.suffix == ".val":
+        if path.suffix == ".blocks":
             value_bytes += size
             value_files += 1
     return {"bytes": total, "value_files": value_files, "value_bytes": value_bytes}
@@ -575,13 +574,13 @@ def render(data: dict[str, Any]) -> list[str]:
 
 
 def fresh_note(data: dict[str, Any]) -> list[str]:
-    """Without --fresh only round 1 stores new blocks: say how that put fares against the bar."""
+    """With --same-file only round 1 stores new blocks: say how that put fares against the bar."""
     if data["fresh_file_each_round"] or len(data["rounds"]) < 2:
         return []
     first, bar = data["first_round_put_mb_per_s"], data["put"]["bar_mb_per_s"]
     return [
         f"note: only round 1's put wrote new blocks ({first:.1f} MB/s, put bar "
-        f"{'met' if first >= bar else 'MISSED'}); rounds 2+ re-put blocks already stored (--fresh avoids that)"
+        f"{'met' if first >= bar else 'MISSED'}); rounds 2+ re-put blocks already stored (drop --same-file to avoid that)"
     ]
 
 
@@ -590,7 +589,7 @@ def render_spread(data: dict[str, Any], replicas: int) -> list[str]:
     lines = [
         f"data directories after the last round: {replicas} x {stored / MIB:,.1f} MiB put = "
         f"{data['expected_bytes'] / MIB:,.1f} MiB expected",
-        f"  {'node':>21}  {'all files':>12}  {'block files (> 32 KiB)':>26}",
+        f"  {'node':>21}  {'all files':>12}  {'segment files':>26}",
     ]
     for address, usage in data["per_node"].items():
         lines.append(
@@ -598,9 +597,8 @@ def render_spread(data: dict[str, Any], replicas: int) -> list[str]:
         )
     lines += [
         f"  {'total':>21}  {data['total_bytes'] / MIB:8.1f} MiB  {data['total_value_files']:8} {data['total_value_bytes'] / MIB:11.1f} MiB",
-        f"  copies of the data: {data['copies_by_value_files']:.3f} counting block files, {data['copies_by_total']:.3f} counting "
-        f"every file (SQLite index and WAL included); {data['leaves_put']} leaves were put: "
-        f"{replicas * data['leaves_put']} leaf files expected, plus r for each inner block over 32 KiB",
+        f"  copies of the data: {data['copies_by_value_files']:.3f} counting segment bytes "
+        f"(41-byte record headers and inner blocks included); {data['leaves_put']} leaves were put",
     ]
     return lines
 
@@ -635,7 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stabilize-interval", type=positive_float, default=0.5, metavar="S")
     parser.add_argument("--link-seconds", type=positive_float, default=2.0, metavar="S", help="per link measurement")
     parser.add_argument("--transfer-timeout", type=positive_float, default=600.0, metavar="S", help="abort a put or get after this")
-    parser.add_argument("--fresh", action="store_true", help="put a different file each round (all new blocks)")
+    parser.add_argument("--same-file", action="store_true", help="re-put one file each round (blocks already stored)")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object")
     parser.add_argument("--serve-sink", type=float, metavar="LIFETIME", help=argparse.SUPPRESS)
     return parser
@@ -651,7 +649,7 @@ def options_from(args: argparse.Namespace) -> Options:
         stabilize_interval=args.stabilize_interval,
         link_seconds=args.link_seconds,
         transfer_timeout=args.transfer_timeout,
-        fresh=args.fresh,
+        fresh=not args.same_file,
     )
 
 
