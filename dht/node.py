@@ -17,7 +17,7 @@ import trio
 
 from .errors import BadRequest, CallTimeout, ChordError, LookupFailed, RemoteError, TransportError
 from .ids import DEFAULT_BITS, IdSpace, in_open
-from .routing import Forward, NodeRef, Owner, RoutingTable, refs_from_wire, refs_to_wire
+from .routing import NodeRef, Owner, RoutingTable, refs_from_wire, refs_to_wire
 from .transport import Transport
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from dht.routing import NodeRef
 from dht.tcp import open_tcp_transport, split_address
 
 from . import files, sim
+from .argtypes import positive
 from .noderun import run_local_ring, run_node
 from .ringwalk import RingView, render_ring, ring_problems, walk
 
@@ -46,13 +47,6 @@ def address(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
-
-
-def positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def chunk_size(text: str) -> int:
@@ -246,12 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--listen", type=address, required=True, metavar="HOST:PORT", help="port 0 picks a free one")
     node.add_argument("--join", type=address, metavar="HOST:PORT", help="any node of the ring (omit to start one)")
     node.add_argument("--id", metavar="HEX", help="node ID (default: SHA-256 of the advertised HOST:PORT)")
-    node.add_argument("--stabilize-interval", type=positive, default=1.0, metavar="S")
+    node.add_argument("--stabilize-interval", type=positive(), default=1.0, metavar="S")
     node.add_argument("--successors", type=int, default=8, metavar="R", help="successor list length")
-    node.add_argument("--rpc-timeout", type=positive, default=1.0, metavar="S")
+    node.add_argument("--rpc-timeout", type=positive(), default=1.0, metavar="S")
     node.add_argument("--data", metavar="DIR", help="keep blocks in this directory (default: in memory)")
     node.add_argument("--replicas", type=int, default=3, metavar="R", help="copies of each block")
-    node.add_argument("--repair-interval", type=positive, default=30.0, metavar="S")
+    node.add_argument("--repair-interval", type=positive(), default=30.0, metavar="S")
     node.add_argument("--bits", type=int, default=DEFAULT_BITS, help=argparse.SUPPRESS)
     node.set_defaults(run=cmd_node)
 
@@ -274,14 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     ring.add_argument("--via", type=address, required=True, metavar="HOST:PORT")
     ring.add_argument("--check", action="store_true", help="exit 1 when any successor or predecessor is wrong")
     ring.add_argument("--json", action="store_true")
-    ring.add_argument("--timeout", type=positive, default=2.0, metavar="S")
+    ring.add_argument("--timeout", type=positive(), default=2.0, metavar="S")
     ring.set_defaults(run=cmd_ring)
 
     lookup = commands.add_parser("lookup", help="find the node responsible for a key")
     lookup.add_argument("key", metavar="KEY", help='"0x…" or full-width hex is an ID; any other text is hashed')
     lookup.add_argument("--via", type=address, required=True, metavar="HOST:PORT")
     lookup.add_argument("--json", action="store_true")
-    lookup.add_argument("--timeout", type=positive, default=15.0, metavar="S")
+    lookup.add_argument("--timeout", type=positive(), default=15.0, metavar="S")
     lookup.set_defaults(run=cmd_lookup)
 
     simulate = commands.add_parser("sim", help="run real node code on a simulated network in virtual time")
@@ -292,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--bits", type=int, default=DEFAULT_BITS)
     simulate.add_argument("--build", default="ideal", choices=sim.BUILDS,
                           help="ideal: install stabilized routing state; join: real joins, then wait for stabilization")
-    simulate.add_argument("--latency", type=positive, default=0.01, metavar="S", help="one-way link latency")
-    simulate.add_argument("--stabilize-interval", type=positive, default=30.0, metavar="S")
+    simulate.add_argument("--latency", type=positive(), default=0.01, metavar="S", help="one-way link latency")
+    simulate.add_argument("--stabilize-interval", type=positive(), default=30.0, metavar="S")
     simulate.add_argument("--successors", type=int, default=8, metavar="R")
     simulate.add_argument("--json", action="store_true")
     simulate.set_defaults(run=cmd_sim)

@@ -48,6 +48,8 @@ import trio
 
 from dht.errors import ChordError
 from dht.tcp import open_tcp_transport, split_address
+from tools.argtypes import integer, positive
+from tools.bench.common import run_interruptibly
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = {"serial": 1, "concurrent": 32}  # mode name -> calls in flight
@@ -426,24 +428,10 @@ def render(data: dict[str, Any]) -> list[str]:
 # -- command line ----------------------------------------------------------------------------------
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= MAX_DURATION:
-        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_DURATION:g}], got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if not 0 < value <= MAX_ROUNDS:
-        raise argparse.ArgumentTypeError(f"must be in 1..{MAX_ROUNDS}, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_rpc", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=positive_float, default=3.0, metavar="S", help="seconds per mode per round")
-    parser.add_argument("--rounds", type=positive_int, default=5, help="rounds per system; the report takes the median")
+    parser.add_argument("--duration", type=positive(MAX_DURATION), default=3.0, metavar="S", help="seconds per mode per round")
+    parser.add_argument("--rounds", type=integer(1, MAX_ROUNDS), default=5, help="rounds per system; the report takes the median")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object")
     parser.add_argument("--serve-kademlia", type=float, metavar="LIFETIME", help=argparse.SUPPRESS)
     return parser
@@ -454,21 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.serve_kademlia is not None:
         asyncio.run(serve_kademlia(args.serve_kademlia))
         return 0
-    # SIGTERM becomes SIGINT, which trio and asyncio turn into KeyboardInterrupt at safe points,
-    # so the run unwinds and stops the servers (even when started with SIGINT ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    results: Results | None = None
-    failure = ("", 0)
-    try:  # except*: out of trio, either may come wrapped in an exception group
-        results = run(args.duration, args.rounds)
-    except* PeerError as group:
-        failure = (str(group.exceptions[0]), 1)
-    except* KeyboardInterrupt:
-        failure = ("interrupted; servers stopped", 130)
+    results, code = run_interruptibly("bench_rpc", lambda: run(args.duration, args.rounds), (PeerError,), "servers")
     if results is None:
-        print(f"bench_rpc: {failure[0]}", file=sys.stderr)
-        return failure[1]
+        return code
     data = report(results, args.duration, args.rounds)
     print(json.dumps(data, indent=2) if args.json else "\n".join(render(data)))
     return 0

@@ -61,6 +61,8 @@ from dht.errors import ChordError
 from dht.merkle import DEFAULT_CHUNK
 from dht.tcp import TcpTransport, open_tcp_transport, split_address
 from tools.bench.bench_rpc import PeerError, await_ready, progress, tail
+from tools.argtypes import integer, positive
+from tools.bench.common import run_interruptibly
 
 ROOT = Path(__file__).resolve().parents[2]
 MB, MIB = 1_000_000, 1 << 20
@@ -606,33 +608,16 @@ def render_spread(data: dict[str, Any], replicas: int) -> list[str]:
 # -- command line ----------------------------------------------------------------------------------------------
 
 
-def bounded_int(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in {low}..{high}, got {text}")
-        return value
-
-    return parse
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"must be in (0, 3600], got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_store", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mib", type=bounded_int(1, MAX_SIZE_MIB), default=256, metavar="MIB")
-    parser.add_argument("--nodes", type=bounded_int(1, MAX_NODES), default=8)
-    parser.add_argument("--replicas", type=bounded_int(1, MAX_NODES), default=3, metavar="R")
-    parser.add_argument("--rounds", type=bounded_int(1, MAX_ROUNDS), default=3, help="put+get rounds; the report takes the median")
-    parser.add_argument("--window", type=bounded_int(1, 1024), default=16, help="blocks in flight (DhtClient window)")
-    parser.add_argument("--stabilize-interval", type=positive_float, default=0.5, metavar="S")
-    parser.add_argument("--link-seconds", type=positive_float, default=2.0, metavar="S", help="per link measurement")
-    parser.add_argument("--transfer-timeout", type=positive_float, default=600.0, metavar="S", help="abort a put or get after this")
+    parser.add_argument("--size-mib", type=integer(1, MAX_SIZE_MIB), default=256, metavar="MIB")
+    parser.add_argument("--nodes", type=integer(1, MAX_NODES), default=8)
+    parser.add_argument("--replicas", type=integer(1, MAX_NODES), default=3, metavar="R")
+    parser.add_argument("--rounds", type=integer(1, MAX_ROUNDS), default=3, help="put+get rounds; the report takes the median")
+    parser.add_argument("--window", type=integer(1, 1024), default=16, help="blocks in flight (DhtClient window)")
+    parser.add_argument("--stabilize-interval", type=positive(3600), default=0.5, metavar="S")
+    parser.add_argument("--link-seconds", type=positive(3600), default=2.0, metavar="S", help="per link measurement")
+    parser.add_argument("--transfer-timeout", type=positive(3600), default=600.0, metavar="S", help="abort a put or get after this")
     parser.add_argument("--same-file", action="store_true", help="re-put one file each round (blocks already stored)")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object")
     parser.add_argument("--serve-sink", type=float, metavar="LIFETIME", help=argparse.SUPPRESS)
@@ -662,21 +647,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replicas > args.nodes:
         parser.error(f"--replicas {args.replicas} needs at least as many --nodes")
     options = options_from(args)
-    # SIGTERM becomes SIGINT, which trio turns into KeyboardInterrupt at a safe point,
-    # so the run unwinds and stops the nodes (even when started with SIGINT ignored).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    failure = ("", 0)
-    results: Results | None = None
-    try:  # except*: out of trio, either may come wrapped in an exception group
-        results = run(options)
-    except* (PeerError, BenchError, ChordError, OSError) as group:
-        failure = (str(group.exceptions[0]), 1)
-    except* KeyboardInterrupt:
-        failure = ("interrupted; nodes stopped", 130)
+    errors = (PeerError, BenchError, ChordError, OSError)
+    results, code = run_interruptibly("bench_store", lambda: run(options), errors, "nodes")
     if results is None:
-        print(f"bench_store: {failure[0]}", file=sys.stderr)
-        return failure[1]
+        return code
     data = report(results, options)
     print(json.dumps(data, indent=2) if args.json else "\n".join(render(data)))
     return 0
