@@ -232,7 +232,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chordcdn", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="chordcdn",
+        description="A peer-to-peer content delivery network: Chord ring nodes that store verified blocks.",
+        epilog="Exit codes: 0 ok; 1 a check found a problem or a transfer failed; "
+        "2 bad usage or not found; 3 a node could not be reached.",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
