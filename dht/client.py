@@ -112,19 +112,19 @@ class DhtClient:
         """Store one block with its owner, which replicates it; return its key."""
         key = block_hash(data)
         nodes = await self.locate(self.space.position(key))
-        failure = "no node to store it on"
+        failures: list[str] = []
         for node in nodes[: self.read_attempts]:
             try:
                 acks, target = await self.call(node, "put_block", key, data, True)
             except (TransportError, RemoteError) as exc:
-                failure = f"{node.address}: {exc}"
+                failures.append(f"{node.address}: {exc}")
                 self.stats.failovers += 1
                 continue
             needed = target if self.write_quorum is None else min(self.write_quorum, target)
             if acks >= needed:
                 return key
-            failure = f"only {acks} of {needed} copies acknowledged"
-        raise PutFailed(f"block {key.hex()[:16]}…: {failure}")
+            failures.append(f"{node.address}: only {acks} of {needed} copies acknowledged")
+        raise PutFailed(f"block {key.hex()[:16]}…: " + ("; ".join(failures) or "no node to store it on"))
 
     async def get_block(self, key: bytes) -> bytes:
         """The block under key from the first replica that has an intact copy."""

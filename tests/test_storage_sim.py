@@ -10,7 +10,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from dht.client import BadRange, BlockNotFound, DhtClient
+from dht.client import BadRange, BlockNotFound, DhtClient, PutFailed
 from dht.errors import RemoteError
 from dht.merkle import BadCid, BlockError, DagNode, Child, block_hash, parse_cid
 from dht.simcluster import SimCluster
@@ -240,3 +240,22 @@ async def test_repair_traffic_follows_the_differences(make_cluster: ClusterFacto
     assert moved() == before_moved + 1  # exactly the one missing block
     assert stats.by_method.get("list_keys", 0) - before_lists <= 2 * 2  # one leaf arc per request/reply
     assert all(cluster.copies(key) == R for key in keys)
+
+
+async def test_write_quorum_decides_when_a_put_succeeds(make_cluster: ClusterFactory, autojump_clock: MockClock) -> None:
+    cluster = await storing_ring(make_cluster)
+    block = b"a block few nodes will take"
+    space = cluster.random_node().space
+    owner = cluster.ref(cluster.owner_id(space.position(block_hash(block))))
+
+    async def refuse(key: bytes, data: bytes) -> bool:
+        raise BlockError("disk full")
+
+    for address, service in cluster.services.items():
+        if address != owner.address:
+            service.store.put = refuse  # type: ignore[method-assign]
+    with pytest.raises(PutFailed, match="only 1 of 3 copies"):
+        await cluster.client().put_block(block)
+    client = DhtClient.for_node(cluster.random_node(), write_quorum=1)
+    assert await client.put_block(block) == block_hash(block)
+    assert cluster.copies(block_hash(block)) == 1
