@@ -92,6 +92,7 @@ class SimCluster:
         self.storage = storage
         self.nodes: dict[str, ChordNode] = {}
         self.services: dict[str, BlockService] = {}
+        self.retired_repair_bytes = 0
         self._scopes: dict[str, trio.CancelScope] = {}
         self._serial = 0
         self._ids: list[int] = []
@@ -124,7 +125,12 @@ class SimCluster:
         node = self._make_node(address, node_id)
         if bootstrap is None and self.nodes:
             bootstrap = self.rng.choice(sorted(self.nodes))
-        await node.join(bootstrap)
+        try:
+            await node.join(bootstrap)
+        except BaseException:
+            self.network.crash(node.me.address)  # never half-attached
+            self.services.pop(node.me.address, None)
+            raise
         self._register(node)
         self._scopes[node.me.address] = await self.nursery.start(self._run, node, self.services.get(node.me.address))
         return node
@@ -155,7 +161,9 @@ class SimCluster:
 
     def _unregister(self, address: str) -> ChordNode:
         node = self.nodes.pop(address)
-        self.services.pop(address, None)
+        service = self.services.pop(address, None)
+        if service is not None:
+            self.retired_repair_bytes += service.stats.repair_bytes
         self._ids.pop(bisect.bisect_left(self._ids, node.me.id))
         scope = self._scopes.pop(address, None)
         if scope is not None:
@@ -197,6 +205,19 @@ class SimCluster:
     def copies(self, key: bytes) -> int:
         """How many live nodes hold a block."""
         return sum(key in service.store for service in self.services.values())
+
+    def live_copies(self, keys: set[bytes]) -> dict[bytes, int]:
+        """Live copies of each of `keys`, counted in one pass over the live stores."""
+        counts = dict.fromkeys(keys, 0)
+        for service in self.services.values():
+            for key in service.store.keys():
+                if key in counts:
+                    counts[key] += 1
+        return counts
+
+    def repair_bytes(self) -> int:
+        """Bytes moved by repair so far, departed nodes included."""
+        return self.retired_repair_bytes + sum(s.stats.repair_bytes for s in self.services.values())
 
     def all_keys(self) -> set[bytes]:
         return {key for service in self.services.values() for key in service.store.keys()}

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 import trio
@@ -25,8 +26,9 @@ from dht.node import ChordNode, NodeConfig
 from dht.routing import NodeRef
 from dht.tcp import open_tcp_transport, split_address
 
-from . import files, sim
+from . import files, sim, simreport
 from .argtypes import positive
+from .simtime import parse_duration, parse_fraction, parse_rate
 from .noderun import run_local_ring, run_node
 from .ringwalk import RingView, render_ring, ring_problems, walk
 
@@ -47,6 +49,19 @@ def address(text: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _checked(parse: Any) -> Any:
+    def check(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return check
+
+
+duration, fraction, rate = _checked(parse_duration), _checked(parse_fraction), _checked(parse_rate)
 
 
 def chunk_size(text: str) -> int:
@@ -194,10 +209,24 @@ def cmd_sim(args: argparse.Namespace) -> int:
             latency=args.latency,
             stabilize_interval=args.stabilize_interval,
             successors=args.successors,
+            duration=args.duration,
+            fail_fraction=args.fail_fraction,
+            rate=args.rate,
+            lookup_rate=args.lookup_rate,
+            blocks=args.blocks,
+            replicas=args.replicas,
+            graceful_fraction=args.graceful_fraction,
+            sample_interval=args.sample_interval,
+            repair_interval=args.repair_interval,
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    summary = sim.run(options)
+    if args.log_level != "DEBUG":  # thousands of simulated nodes would drown the report
+        logging.getLogger("dht").setLevel(logging.WARNING)
+    summary, series, hops = sim.run_detailed(options)
+    if args.out:
+        written = simreport.write_outputs(summary, series, hops, Path(args.out))
+        print(f"wrote {', '.join(str(path) for path in written)}", file=sys.stderr)
     lines = [f"{key:24} {value:.4g}" if isinstance(value, float) else f"{key:24} {value}" for key, value in summary.items()]
     emit(summary, args.json, lines)
     return 0
@@ -294,6 +323,16 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--latency", type=positive(), default=0.01, metavar="S", help="one-way link latency")
     simulate.add_argument("--stabilize-interval", type=positive(), default=30.0, metavar="S")
     simulate.add_argument("--successors", type=int, default=8, metavar="R")
+    simulate.add_argument("--duration", type=duration, default=600.0, help="virtual time after the set-up: 2h, 90m, 3600s or 3600")
+    simulate.add_argument("--fail-fraction", type=fraction, default=0.2, metavar="P", help="fail: share of nodes that crash at once")
+    simulate.add_argument("--rate", type=rate, default=0.05, metavar="R", help="churn: joins plus departures per virtual second")
+    simulate.add_argument("--lookup-rate", type=rate, default=1.0, metavar="L", help="lookups per virtual second")
+    simulate.add_argument("--blocks", type=int, default=1000, metavar="K", help="blocks stored before the run")
+    simulate.add_argument("--replicas", type=int, default=3, metavar="R")
+    simulate.add_argument("--graceful-fraction", type=fraction, default=0.0, metavar="G", help="churn: share of departures that leave gracefully")
+    simulate.add_argument("--sample-interval", type=duration, default=10.0, metavar="S")
+    simulate.add_argument("--repair-interval", type=duration, default=30.0, metavar="S")
+    simulate.add_argument("--out", metavar="DIR", help="write summary.json, CSV time series and PNG plots here")
     simulate.add_argument("--json", action="store_true")
     simulate.set_defaults(run=cmd_sim)
 

@@ -1,9 +1,10 @@
 """`chordcdn sim`: real node code on the simulated network, in virtual time.
 
-Owns scenarios and their reports. A scenario gets a SimCluster and the options and
+Owns the options and the run. A scenario gets a SimCluster and the options and
 returns its figures; `run` wraps it with set-up, timing and the common fields of
-the JSON summary. `static` measures path lengths on a stabilized ring; the churn
-scenarios join the SCENARIOS table later.
+the JSON summary. `static` measures path lengths on a stabilized ring; `fail` and
+`churn` (tools/simscenarios.py) crash nodes or churn the ring while lookups run and
+blocks are stored, sampling the ring against the oracle over time.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import trio.testing
 from dht.node import NodeConfig
 from dht.simcluster import SimCluster
 from dht.simnet import SimNetwork
+from dht.storage import StorageConfig
+
+from .simscenarios import churn_scenario, fail_scenario
 
 BUILDS = ("ideal", "join")
 
@@ -37,6 +41,15 @@ class SimOptions:
     parallel: int = 100
     stabilize_interval: float = 30.0
     successors: int = 8
+    duration: float = 600.0
+    fail_fraction: float = 0.2
+    rate: float = 0.05
+    lookup_rate: float = 1.0
+    blocks: int = 1000
+    replicas: int = 3
+    graceful_fraction: float = 0.0
+    sample_interval: float = 10.0
+    repair_interval: float = 30.0
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -47,6 +60,18 @@ class SimOptions:
             raise ValueError("nodes and parallel must be at least 1, lookups at least 0")
         if self.nodes > 2**self.bits // 2:
             raise ValueError(f"{self.nodes} nodes do not fit a {self.bits}-bit ring")
+        if not 0 <= self.fail_fraction < 1 or not 0 <= self.graceful_fraction <= 1:
+            raise ValueError("fail and graceful fractions must lie in [0, 1) and [0, 1]")
+        if self.duration <= 0 or self.sample_interval <= 0 or self.rate < 0 or self.lookup_rate < 0:
+            raise ValueError("duration and sample interval must be positive; rates must not be negative")
+        if self.blocks < 0 or self.replicas < 1:
+            raise ValueError("blocks must not be negative and replicas must be at least 1")
+
+    def storage(self) -> StorageConfig | None:
+        """Static rings store nothing; the other scenarios store --blocks blocks."""
+        if self.scenario == "static":
+            return None
+        return StorageConfig(replicas=self.replicas, repair_interval=self.repair_interval)
 
     def node_config(self) -> NodeConfig:
         return NodeConfig.every(
@@ -80,13 +105,14 @@ async def static_scenario(cluster: SimCluster, options: SimOptions) -> dict[str,
     return {
         **built,
         **tally.summary(),
+        "hops": tally.hops,
         "half_log2_n": 0.5 * math.log2(options.nodes),
         "lookup_messages": cluster.network.stats.messages - messages_before,
     }
 
 
 Scenario = Callable[[SimCluster, SimOptions], Awaitable[dict[str, Any]]]
-SCENARIOS: dict[str, Scenario] = {"static": static_scenario}
+SCENARIOS: dict[str, Scenario] = {"static": static_scenario, "fail": fail_scenario, "churn": churn_scenario}
 
 
 def _seed_trio_scheduler(seed: int) -> None:
@@ -99,12 +125,17 @@ def _seed_trio_scheduler(seed: int) -> None:
 
 def run(options: SimOptions) -> dict[str, Any]:
     """Run one scenario under a MockClock and return its JSON-ready summary."""
+    return run_detailed(options)[0]
+
+
+def run_detailed(options: SimOptions) -> tuple[dict[str, Any], list[dict[str, Any]], list[int]]:
+    """Run one scenario; return its summary, its time series and every lookup's hops."""
     summary: dict[str, Any] = {}
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             network = SimNetwork(latency=options.latency, rng=random.Random(options.seed + 1))
-            cluster = SimCluster(nursery, network, options.node_config(), random.Random(options.seed))
+            cluster = SimCluster(nursery, network, options.node_config(), random.Random(options.seed), options.storage())
             summary.update(await SCENARIOS[options.scenario](cluster, options))
             summary["virtual_seconds"] = trio.current_time()
             summary["messages"] = network.stats.messages
@@ -119,10 +150,15 @@ def run(options: SimOptions) -> dict[str, Any]:
     finally:
         gc.set_threshold(*thresholds)
     wall = time.perf_counter() - started
-    nodes_seconds = options.nodes * max(summary["virtual_seconds"], 1e-9)
-    return {
+    series, hops = summary.pop("series", []), summary.pop("hops", [])
+    nodes_seconds = summary.get("mean_live_nodes", options.nodes) * max(summary["virtual_seconds"], 1e-9)
+    report = {
         **asdict(options),
+        "blocks": 0,
+        "blocks_lost": 0,
+        "min_availability": 1.0,
         **summary,
         "msgs_per_node_per_s": summary["messages"] / nodes_seconds,
         "wall_seconds": wall,
     }
+    return report, series, hops

@@ -1,0 +1,209 @@
+"""The failure and churn scenarios of `chordcdn sim`, and what they measure.
+
+Owns load (lookups as a Poisson process), churn (joins and departures as a Poisson
+process) and the recorder that samples, every interval of virtual time, how the
+ring is doing against the oracle: lookup outcomes, live nodes, block availability
+and permanent loss.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from dht.errors import ChordError, LookupFailed
+from dht.simcluster import ConvergenceTimeout, LookupTally, SimCluster
+
+if TYPE_CHECKING:
+    from .sim import SimOptions
+
+BLOCK_SIZE = 1024
+MIN_LIVE = 4
+
+
+@dataclass
+class Recorder:
+    """Lookup outcomes as they finish, and a row of figures every `interval`."""
+
+    cluster: SimCluster
+    keys: set[bytes]
+    interval: float
+    tally: LookupTally = field(default_factory=LookupTally)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    lost: set[bytes] = field(default_factory=set)
+    _since: LookupTally = field(default_factory=LookupTally)
+    _messages: int = 0
+
+    def lookup_done(self, correct: bool | None, hops: int, latency: float, timeouts: int) -> None:
+        for tally in (self.tally, self._since):
+            if correct is None:
+                tally.failed += 1
+                continue
+            tally.correct += correct
+            tally.wrong += not correct
+            tally.hops.append(hops)
+            tally.latencies.append(latency)
+            tally.timeouts += timeouts
+
+    def sample(self) -> dict[str, Any]:
+        copies = self.cluster.live_copies(self.keys)
+        self.lost.update(key for key, count in copies.items() if count == 0)
+        messages = self.cluster.network.stats.messages
+        since, self._since = self._since, LookupTally()
+        row = {
+            "t": round(trio.current_time(), 3),
+            "live_nodes": len(self.cluster.nodes),
+            "lookups": since.total,
+            "correct": since.correct,
+            "wrong": since.wrong,
+            "failed": since.failed,
+            "availability": (sum(1 for n in copies.values() if n) / len(copies)) if copies else 1.0,
+            "blocks_lost": len(self.lost),
+            "messages": messages - self._messages,
+        }
+        self._messages = messages
+        self.rows.append(row)
+        return row
+
+    async def run(self) -> None:
+        while True:
+            await trio.sleep(self.interval)
+            self.sample()
+
+
+async def lookup_load(cluster: SimCluster, rate: float, recorder: Recorder, rng: random.Random) -> None:
+    """Start lookups of random keys from random live nodes at `rate` per second."""
+    if rate <= 0:
+        return
+    async with trio.open_nursery() as nursery:
+        while True:
+            await trio.sleep(rng.expovariate(rate))
+            if cluster.nodes:
+                nursery.start_soon(_one_lookup, cluster, recorder, rng.getrandbits(cluster.config.bits))
+
+
+async def _one_lookup(cluster: SimCluster, recorder: Recorder, key: int) -> None:
+    node = cluster.random_node()
+    started = trio.current_time()
+    try:
+        result = await node.lookup(key)
+    except LookupFailed:
+        recorder.lookup_done(None, 0, 0.0, 0)
+        return
+    if node.me.address not in cluster.nodes:
+        return  # the asker itself left meanwhile: no verdict
+    recorder.lookup_done(result.owner.id == cluster.owner_id(key), result.hops, trio.current_time() - started, result.timeouts)
+
+
+async def churn(cluster: SimCluster, rate: float, graceful_fraction: float, rng: random.Random, counts: dict[str, int]) -> None:
+    """Joins and departures as a Poisson process of `rate` events per second, half
+    each, so the ring keeps its size; a departure is graceful with the given odds."""
+    if rate <= 0:
+        return
+    async with trio.open_nursery() as nursery:
+        while True:
+            await trio.sleep(rng.expovariate(rate))
+            if rng.random() < 0.5 or len(cluster.nodes) <= MIN_LIVE:
+                nursery.start_soon(_join, cluster, counts)
+            elif rng.random() < graceful_fraction:
+                nursery.start_soon(_leave, cluster, rng.choice(sorted(cluster.nodes)), counts)
+            else:
+                cluster.crash(rng.choice(sorted(cluster.nodes)))
+                counts["crashes"] += 1
+
+
+async def _join(cluster: SimCluster, counts: dict[str, int]) -> None:
+    try:
+        await cluster.add_node()
+        counts["joins"] += 1
+    except ChordError:
+        counts["failed_joins"] += 1
+
+
+async def _leave(cluster: SimCluster, address: str, counts: dict[str, int]) -> None:
+    if address in cluster.nodes:
+        await cluster.leave(address)
+        counts["leaves"] += 1
+
+
+async def store_blocks(cluster: SimCluster, count: int, rng: random.Random, window: int = 64) -> set[bytes]:
+    """Put `count` random blocks through the ring; return their keys."""
+    keys: set[bytes] = set()
+    limiter = trio.Semaphore(window)
+
+    async def put(data: bytes) -> None:
+        async with limiter:
+            keys.add(await cluster.client().put_block(data))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            nursery.start_soon(put, rng.randbytes(BLOCK_SIZE))
+    return keys
+
+
+def summarize(recorder: Recorder, cluster: SimCluster) -> dict[str, Any]:
+    rows = recorder.rows
+    summary = recorder.tally.summary()
+    summary.update(
+        blocks=len(recorder.keys),
+        blocks_lost=len(recorder.lost),
+        min_availability=min((row["availability"] for row in rows), default=1.0),
+        repair_bytes=cluster.repair_bytes(),
+        mean_live_nodes=sum(row["live_nodes"] for row in rows) / len(rows) if rows else len(cluster.nodes),
+    )
+    return summary
+
+
+async def fail_scenario(cluster: SimCluster, options: "SimOptions") -> dict[str, Any]:
+    """Crash a fraction of the nodes at once; watch lookups and data as the ring heals."""
+    from .sim import build_ring
+
+    rng = random.Random(options.seed + 2)
+    built = await build_ring(cluster, options)
+    keys = await store_blocks(cluster, options.blocks, rng)
+    recorder = Recorder(cluster, keys, options.sample_interval)
+    converged_after: float | None = None
+    async with trio.open_nursery() as load:
+        load.start_soon(recorder.run)
+        load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
+        await trio.sleep(options.sample_interval)
+        failed_at = trio.current_time()
+        for address in rng.sample(sorted(cluster.nodes), round(options.fail_fraction * len(cluster.nodes))):
+            cluster.crash(address)
+        try:
+            converged_after = await cluster.wait_until(cluster.is_converged, options.duration, poll=1.0)
+        except ConvergenceTimeout:
+            pass
+        await trio.sleep_until(failed_at + options.duration)
+        load.cancel_scope.cancel()
+    recorder.sample()
+    return {
+        **built,
+        **summarize(recorder, cluster),
+        "converged_after": converged_after,
+        "series": recorder.rows,
+        "hops": recorder.tally.hops,
+    }
+
+
+async def churn_scenario(cluster: SimCluster, options: "SimOptions") -> dict[str, Any]:
+    """Joins and departures at --rate for --duration, with lookups and stored blocks."""
+    from .sim import build_ring
+
+    rng = random.Random(options.seed + 2)
+    built = await build_ring(cluster, options)
+    keys = await store_blocks(cluster, options.blocks, rng)
+    recorder = Recorder(cluster, keys, options.sample_interval)
+    counts = {"joins": 0, "leaves": 0, "crashes": 0, "failed_joins": 0}
+    started = trio.current_time()
+    async with trio.open_nursery() as load:
+        load.start_soon(recorder.run)
+        load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
+        load.start_soon(churn, cluster, options.rate, options.graceful_fraction, rng, counts)
+        await trio.sleep_until(started + options.duration)
+        load.cancel_scope.cancel()
+    recorder.sample()
+    return {**built, **summarize(recorder, cluster), **counts, "series": recorder.rows, "hops": recorder.tally.hops}
