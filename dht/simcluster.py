@@ -260,7 +260,8 @@ class SimCluster:
             if len(ids) > 1 and successor != true_successor:
                 errors.append(f"{node.me.address}: successor {successor:x} should be {true_successor:x}")
             if len(ids) > 1 and predecessor != true_predecessor:
-                errors.append(f"{node.me.address}: predecessor {predecessor} should be {true_predecessor:x}")
+                actual = "none" if predecessor is None else format(predecessor, "x")
+                errors.append(f"{node.me.address}: predecessor {actual} should be {true_predecessor:x}")
         return errors
 
     def is_converged(self) -> bool:

@@ -190,7 +190,7 @@ class BlockService:
             if key not in theirs:
                 await self._push(peer, key)
         if pull:
-            for key in theirs.difference(mine):
+            for key in sorted(theirs.difference(mine)):
                 data = await self.node.call(peer, "get_block", key)
                 if isinstance(data, bytes) and await self.store.put(key, data):
                     self.stats.repair_pulled += 1

@@ -62,6 +62,9 @@ class SimOptions:
             raise ValueError(f"{self.nodes} nodes do not fit a {self.bits}-bit ring")
         if not 0 <= self.fail_fraction < 1 or not 0 <= self.graceful_fraction <= 1:
             raise ValueError("fail and graceful fractions must lie in [0, 1) and [0, 1]")
+        timing = (self.duration, self.sample_interval, self.rate, self.lookup_rate)
+        if not all(math.isfinite(value) for value in timing):
+            raise ValueError("durations and rates must be finite numbers")
         if self.duration <= 0 or self.sample_interval <= 0 or self.rate < 0 or self.lookup_rate < 0:
             raise ValueError("duration and sample interval must be positive; rates must not be negative")
         if self.blocks < 0 or self.replicas < 1:

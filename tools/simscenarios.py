@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import trio
 
@@ -68,10 +68,19 @@ class Recorder:
         self.rows.append(row)
         return row
 
-    async def run(self) -> None:
-        while True:
-            await trio.sleep(self.interval)
+    async def sample_until(self, end: float, at_first_sample: Callable[[], None] = lambda: None) -> None:
+        """Sample every interval until `end`, calling at_first_sample right after the
+        first sample. Both happen in this one task, in this order, so no tie between
+        timers can reorder them and a seed always gives the same run."""
+        deadline = trio.current_time() + self.interval
+        first = True
+        while deadline <= end + 1e-9:
+            await trio.sleep_until(deadline)
             self.sample()
+            if first:
+                at_first_sample()
+                first = False
+            deadline += self.interval
 
 
 async def lookup_load(cluster: SimCluster, rate: float, recorder: Recorder, rng: random.Random) -> None:
@@ -125,8 +134,8 @@ async def _join(cluster: SimCluster, counts: dict[str, int]) -> None:
 
 async def _leave(cluster: SimCluster, address: str, counts: dict[str, int]) -> None:
     if address in cluster.nodes:
+        counts["leaves"] += 1  # it is out of the ring from the moment it starts leaving
         await cluster.leave(address)
-        counts["leaves"] += 1
 
 
 async def store_blocks(cluster: SimCluster, count: int, rng: random.Random, window: int = 64) -> set[bytes]:
@@ -165,25 +174,29 @@ async def fail_scenario(cluster: SimCluster, options: "SimOptions") -> dict[str,
     built = await build_ring(cluster, options)
     keys = await store_blocks(cluster, options.blocks, rng)
     recorder = Recorder(cluster, keys, options.sample_interval)
-    converged_after: float | None = None
-    async with trio.open_nursery() as load:
-        load.start_soon(recorder.run)
-        load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
-        await trio.sleep(options.sample_interval)
-        failed_at = trio.current_time()
+    converged_after: list[float] = []
+    failed_at = trio.current_time() + options.sample_interval
+
+    def crash() -> None:
         for address in rng.sample(sorted(cluster.nodes), round(options.fail_fraction * len(cluster.nodes))):
             cluster.crash(address)
+
+    async def watch_convergence() -> None:
+        await trio.sleep_until(failed_at)
         try:
-            converged_after = await cluster.wait_until(cluster.is_converged, options.duration, poll=1.0)
+            converged_after.append(await cluster.wait_until(cluster.is_converged, options.duration, poll=1.0))
         except ConvergenceTimeout:
-            pass
-        await trio.sleep_until(failed_at + options.duration)
+            pass  # reported as None
+
+    async with trio.open_nursery() as load:
+        load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
+        load.start_soon(watch_convergence)
+        await recorder.sample_until(failed_at + options.duration, crash)
         load.cancel_scope.cancel()
-    recorder.sample()
     return {
         **built,
         **summarize(recorder, cluster),
-        "converged_after": converged_after,
+        "converged_after": converged_after[0] if converged_after else None,
         "series": recorder.rows,
         "hops": recorder.tally.hops,
     }
@@ -198,12 +211,10 @@ async def churn_scenario(cluster: SimCluster, options: "SimOptions") -> dict[str
     keys = await store_blocks(cluster, options.blocks, rng)
     recorder = Recorder(cluster, keys, options.sample_interval)
     counts = {"joins": 0, "leaves": 0, "crashes": 0, "failed_joins": 0}
-    started = trio.current_time()
+    end = trio.current_time() + options.duration
     async with trio.open_nursery() as load:
-        load.start_soon(recorder.run)
         load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
         load.start_soon(churn, cluster, options.rate, options.graceful_fraction, rng, counts)
-        await trio.sleep_until(started + options.duration)
+        await recorder.sample_until(end)
         load.cancel_scope.cancel()
-    recorder.sample()
     return {**built, **summarize(recorder, cluster), **counts, "series": recorder.rows, "hops": recorder.tally.hops}

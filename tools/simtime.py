@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)?")
@@ -22,7 +23,7 @@ def parse_duration(text: str) -> float:
 def parse_fraction(text: str) -> float:
     """A number in [0, 1]."""
     value = float(text)
-    if not 0.0 <= value <= 1.0:
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
         raise ValueError(f"{text!r} is not a fraction between 0 and 1")
     return value
 
@@ -30,6 +31,8 @@ def parse_fraction(text: str) -> float:
 def parse_rate(text: str) -> float:
     """Events per virtual second, >= 0."""
     value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"rate {text!r} must be a finite number")
     if value < 0:
         raise ValueError(f"rate {text!r} must not be negative")
     return value
