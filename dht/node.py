@@ -186,7 +186,9 @@ class ChordNode:
     async def _find_place_via(self, bootstrap: str) -> LookupResult:
         """Look up our own ID starting at the bootstrap node, retrying lost messages."""
         failure: ChordError = LookupFailed(f"cannot join via {bootstrap}")
-        for _ in range(JOIN_ATTEMPTS):
+        for attempt in range(JOIN_ATTEMPTS):
+            if attempt:  # give the ring a stabilize round to drop stale pointers
+                await trio.sleep(self.config.stabilize_interval)
             try:
                 entry = NodeRef.from_wire(await self.call(NodeRef(0, bootstrap), "ping"))
                 return await self._iterate(self.me.id, entry, self.config.lookup_timeout)
@@ -255,8 +257,6 @@ class ChordNode:
         moving back one node per round, follow successor.predecessor while it is
         closer, up to `MAX_STABILIZE_WALK` nodes in one round."""
         routing = self.routing
-        if not routing.successors and routing.predecessor is not None:
-            routing.set_successors(routing.predecessor, [])
         while routing.successors:
             successor = routing.successor
             try:
@@ -271,7 +271,8 @@ class ChordNode:
             routing.set_successors(successor, its_successors)
             await self._walk_back(between)
             return
-        await self._rejoin()
+        if routing.known_nodes():  # lost every successor, but not the ring
+            await self._rejoin()
 
     async def _walk_back(self, between: NodeRef | None) -> None:
         for _ in range(MAX_STABILIZE_WALK):
@@ -288,13 +289,20 @@ class ChordNode:
             between = closer_between
 
     async def _rejoin(self) -> None:
-        """Every successor failed: find our place again through any other node we know."""
+        """Every successor failed: find the node after us again, starting from any
+        other node we still know. (Adopting our predecessor as successor, as a lone
+        node does, would close a small loop of its own beside the ring.)"""
+        after_me = (self.me.id + 1) % self.space.size
         for node in self.routing.known_nodes():
             try:
-                await self.join(node.address)
-                return
+                result = await self._iterate(after_me, node, self.config.lookup_timeout)
             except ChordError:
                 self.routing.forget(node.id)
+                continue
+            if result.owner.id != self.me.id:
+                self.routing.set_successors(result.owner, result.successors[1:])
+                log.info("%r: lost every successor; found %s again", self, result.owner.address)
+                return
 
     async def fix_fingers(self) -> None:
         """Refresh the next finger, and every later finger the same node answers."""
@@ -407,11 +415,15 @@ class ChordNode:
         candidate = _node_arg(value, "notify")
         routing = self.routing
         predecessor = routing.predecessor
+        # A node that knows no other (a new ring's founder, or the last one left)
+        # takes the notifier as its successor too; one that merely lost its
+        # successors must not, or it closes a small loop beside the ring.
+        lonely = not routing.known_nodes()
         if candidate.id != self.me.id:
             if predecessor is None or in_open(candidate.id, predecessor.id, self.me.id):
                 routing.set_predecessor(candidate)
                 log.info("%r: predecessor is now %s", self, candidate.address)
-            if not routing.successors:
+            if lonely:
                 routing.set_successors(candidate, [])
         return [predecessor.to_wire() if predecessor else None, refs_to_wire(routing.successors)]
 

@@ -120,8 +120,12 @@ class RoutingTable:
         """Answer a routing step for key from local state alone, treating the
         nodes in `exclude` as dead."""
         successors = [n for n in self.successors if n.id not in exclude] if exclude else self.successors
-        if self.owns(key) or not successors:
+        predecessor = self.predecessor if self.predecessor and self.predecessor.id not in exclude else None
+        alone = predecessor is None and not successors
+        if alone or (predecessor is not None and in_half_open(key, predecessor.id, self.me.id)):
             return Owner([self.me, *successors])
+        if not successors:  # lost them all: forward through whatever else we know
+            return Forward(self.closest_preceding(key, count, exclude))
         if in_half_open(key, self.me.id, successors[0].id):
             return Owner(successors)
         return Forward(self.closest_preceding(key, count, exclude))

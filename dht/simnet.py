@@ -39,6 +39,10 @@ class SimNetwork:
     """A simulated network of named endpoints.
 
     latency: seconds one way, either a constant or a function of (source, target).
+    jitter: each message's latency varies by up to this fraction either way, drawn
+        from `rng`. Besides realism this keeps arrival times distinct: trio orders
+        timers that fall due at the same instant by object identity, which would
+        make runs with the same seed differ.
     loss: probability that any one message is dropped.
     check_wire: encode every message with the TCP codec and count its bytes; this
         proves node messages are wire-safe at the cost of speed.
@@ -48,11 +52,15 @@ class SimNetwork:
         self,
         latency: float | LatencyModel = 0.01,
         loss: float = 0.0,
+        jitter: float = 0.0,
         rng: random.Random | None = None,
         check_wire: bool = False,
     ) -> None:
         if not 0.0 <= loss < 1.0:
             raise ValueError(f"loss must be in [0, 1), got {loss}")
+        if not 0.0 <= jitter < 1.0:
+            raise ValueError(f"jitter must be in [0, 1), got {jitter}")
+        self.jitter = jitter
         self._latency = latency
         self.loss = loss
         self.rng = rng or random.Random(0)
@@ -92,7 +100,10 @@ class SimNetwork:
         self._group_of = {}
 
     def latency(self, source: str, target: str) -> float:
-        return self._latency(source, target) if callable(self._latency) else self._latency
+        base = self._latency(source, target) if callable(self._latency) else self._latency
+        if self.jitter:
+            base *= 1.0 + self.jitter * (2.0 * self.rng.random() - 1.0)
+        return base
 
     # -- delivery ---------------------------------------------------------------
 

@@ -7,7 +7,6 @@ a test breaks one pointer by hand, and the oracle's verdicts are checked.
 
 from __future__ import annotations
 
-import pytest
 from trio.testing import MockClock
 
 from dht.merkle import block_hash

@@ -159,3 +159,25 @@ async def test_small_identifier_space(make_cluster: ClusterFactory, autojump_clo
     assert all(node.me.id < 2**16 for node in cluster.nodes.values())
     for key in (0, 1, 2**16 - 1, *cluster.ids):
         assert (await cluster.random_node().lookup(key)).owner.id == cluster.owner_id(key)
+
+
+async def test_a_ring_of_one_grows_again(make_cluster: ClusterFactory, autojump_clock: MockClock) -> None:
+    cluster = await stable_ring(make_cluster, 3)
+    for address in sorted(cluster.nodes)[:2]:
+        await cluster.leave(address)
+    (last,) = cluster.nodes.values()
+    await cluster.grow(5)  # at once: joiners retry while the survivor drops stale pointers
+    await cluster.wait_until(cluster.is_converged, CONVERGE_BUDGET)
+    tally = await cluster.run_lookups(300)
+    assert tally.correct == 300
+
+
+async def test_half_the_ring_crashing_heals_into_one_ring(make_cluster: ClusterFactory, autojump_clock: MockClock) -> None:
+    # Some nodes lose all 8 successors at once; they must find their place again
+    # rather than close a loop of their own beside the ring.
+    cluster = await stable_ring(make_cluster, 200)
+    for address in cluster.rng.sample(sorted(cluster.nodes), 100):
+        cluster.crash(address)
+    await cluster.wait_until(cluster.is_converged, 600)
+    tally = await cluster.run_lookups(1_000)
+    assert tally.correct == 1_000

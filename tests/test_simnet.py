@@ -119,3 +119,16 @@ async def test_check_wire_round_trips_through_the_codec(autojump_clock: MockCloc
 def test_loss_must_be_a_probability() -> None:
     with pytest.raises(ValueError):
         SimNetwork(loss=1.0)
+
+
+async def test_jitter_varies_latency_within_its_bounds(autojump_clock: MockClock) -> None:
+    network, endpoints = echo_network(latency=0.1, jitter=0.2)
+    delays = set()
+    for _ in range(50):
+        start = trio.current_time()
+        await endpoints["a"].call("b", "m", [], timeout=1)
+        delays.add(round(trio.current_time() - start, 9))
+    assert len(delays) > 40  # distinct arrival times
+    assert all(0.16 - 1e-9 <= delay <= 0.24 + 1e-9 for delay in delays)
+    with pytest.raises(ValueError):
+        SimNetwork(jitter=1.0)

@@ -223,7 +223,14 @@ def cmd_sim(args: argparse.Namespace) -> int:
         raise CliError(str(exc), EXIT_USAGE) from None
     if args.log_level != "DEBUG":  # thousands of simulated nodes would drown the report
         logging.getLogger("dht").setLevel(logging.WARNING)
-    summary, series, hops = sim.run_detailed(options)
+    with files.progress_bar("virtual time", None, options.scenario != "static") as advance:
+        shown = [0.0]
+
+        def progress(now: float, end: float) -> None:
+            advance(now - shown[0])
+            shown[0] = now
+
+        summary, series, hops = sim.run_detailed(options, progress)
     if args.out:
         written = simreport.write_outputs(summary, series, hops, Path(args.out))
         print(f"wrote {', '.join(str(path) for path in written)}", file=sys.stderr)

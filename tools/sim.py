@@ -24,9 +24,10 @@ from dht.simcluster import SimCluster
 from dht.simnet import SimNetwork
 from dht.storage import StorageConfig
 
-from .simscenarios import churn_scenario, fail_scenario
+from .simscenarios import Progress, churn_scenario, fail_scenario
 
 BUILDS = ("ideal", "join")
+LATENCY_JITTER = 0.1  # ±10% per message; also keeps timer deadlines distinct (see SimNetwork)
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ async def build_ring(cluster: SimCluster, options: SimOptions) -> dict[str, Any]
     return {"ring_converged_after": ring, "build_virtual_seconds": trio.current_time() - started}
 
 
-async def static_scenario(cluster: SimCluster, options: SimOptions) -> dict[str, Any]:
+async def static_scenario(cluster: SimCluster, options: SimOptions, progress: Progress | None = None) -> dict[str, Any]:
     built = await build_ring(cluster, options)
     messages_before = cluster.network.stats.messages
     tally = await cluster.run_lookups(options.lookups, options.parallel)
@@ -114,7 +115,7 @@ async def static_scenario(cluster: SimCluster, options: SimOptions) -> dict[str,
     }
 
 
-Scenario = Callable[[SimCluster, SimOptions], Awaitable[dict[str, Any]]]
+Scenario = Callable[[SimCluster, SimOptions, Progress | None], Awaitable[dict[str, Any]]]
 SCENARIOS: dict[str, Scenario] = {"static": static_scenario, "fail": fail_scenario, "churn": churn_scenario}
 
 
@@ -131,15 +132,18 @@ def run(options: SimOptions) -> dict[str, Any]:
     return run_detailed(options)[0]
 
 
-def run_detailed(options: SimOptions) -> tuple[dict[str, Any], list[dict[str, Any]], list[int]]:
-    """Run one scenario; return its summary, its time series and every lookup's hops."""
+def run_detailed(
+    options: SimOptions, progress: Progress | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[int]]:
+    """Run one scenario; return its summary, its time series and every lookup's hops.
+    `progress(now, end)` is called in virtual time as the scenario advances."""
     summary: dict[str, Any] = {}
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            network = SimNetwork(latency=options.latency, rng=random.Random(options.seed + 1))
+            network = SimNetwork(latency=options.latency, jitter=LATENCY_JITTER, rng=random.Random(options.seed + 1))
             cluster = SimCluster(nursery, network, options.node_config(), random.Random(options.seed), options.storage())
-            summary.update(await SCENARIOS[options.scenario](cluster, options))
+            summary.update(await SCENARIOS[options.scenario](cluster, options, progress))
             summary["virtual_seconds"] = trio.current_time()
             summary["messages"] = network.stats.messages
             nursery.cancel_scope.cancel()

@@ -34,6 +34,7 @@ class Recorder:
     tally: LookupTally = field(default_factory=LookupTally)
     rows: list[dict[str, Any]] = field(default_factory=list)
     lost: set[bytes] = field(default_factory=set)
+    progress: Callable[[float, float], None] | None = None  # (virtual now, virtual end)
     _since: LookupTally = field(default_factory=LookupTally)
     _messages: int = 0
 
@@ -77,6 +78,8 @@ class Recorder:
         while deadline <= end + 1e-9:
             await trio.sleep_until(deadline)
             self.sample()
+            if self.progress is not None:
+                self.progress(deadline, end)
             if first:
                 at_first_sample()
                 first = False
@@ -153,6 +156,9 @@ async def store_blocks(cluster: SimCluster, count: int, rng: random.Random, wind
     return keys
 
 
+Progress = Callable[[float, float], None]
+
+
 def summarize(recorder: Recorder, cluster: SimCluster) -> dict[str, Any]:
     rows = recorder.rows
     summary = recorder.tally.summary()
@@ -166,23 +172,25 @@ def summarize(recorder: Recorder, cluster: SimCluster) -> dict[str, Any]:
     return summary
 
 
-async def fail_scenario(cluster: SimCluster, options: "SimOptions") -> dict[str, Any]:
+async def fail_scenario(cluster: SimCluster, options: "SimOptions", progress: Progress | None = None) -> dict[str, Any]:
     """Crash a fraction of the nodes at once; watch lookups and data as the ring heals."""
     from .sim import build_ring
 
     rng = random.Random(options.seed + 2)
     built = await build_ring(cluster, options)
     keys = await store_blocks(cluster, options.blocks, rng)
-    recorder = Recorder(cluster, keys, options.sample_interval)
+    recorder = Recorder(cluster, keys, options.sample_interval, progress=progress)
     converged_after: list[float] = []
     failed_at = trio.current_time() + options.sample_interval
+    crashed = trio.Event()
 
     def crash() -> None:
         for address in rng.sample(sorted(cluster.nodes), round(options.fail_fraction * len(cluster.nodes))):
             cluster.crash(address)
+        crashed.set()
 
     async def watch_convergence() -> None:
-        await trio.sleep_until(failed_at)
+        await crashed.wait()  # not a timer: one falling due with the crash might run first
         try:
             converged_after.append(await cluster.wait_until(cluster.is_converged, options.duration, poll=1.0))
         except ConvergenceTimeout:
@@ -202,14 +210,14 @@ async def fail_scenario(cluster: SimCluster, options: "SimOptions") -> dict[str,
     }
 
 
-async def churn_scenario(cluster: SimCluster, options: "SimOptions") -> dict[str, Any]:
+async def churn_scenario(cluster: SimCluster, options: "SimOptions", progress: Progress | None = None) -> dict[str, Any]:
     """Joins and departures at --rate for --duration, with lookups and stored blocks."""
     from .sim import build_ring
 
     rng = random.Random(options.seed + 2)
     built = await build_ring(cluster, options)
     keys = await store_blocks(cluster, options.blocks, rng)
-    recorder = Recorder(cluster, keys, options.sample_interval)
+    recorder = Recorder(cluster, keys, options.sample_interval, progress=progress)
     counts = {"joins": 0, "leaves": 0, "crashes": 0, "failed_joins": 0}
     end = trio.current_time() + options.duration
     async with trio.open_nursery() as load:
