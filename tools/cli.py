@@ -218,6 +218,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
             graceful_fraction=args.graceful_fraction,
             sample_interval=args.sample_interval,
             repair_interval=args.repair_interval,
+            session_median=args.session_median or 0.0,
+            sessions=args.sessions,
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -336,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--lookup-rate", type=rate, default=1.0, metavar="L", help="lookups per virtual second")
     simulate.add_argument("--blocks", type=int, default=1000, metavar="K", help="blocks stored before the run")
     simulate.add_argument("--replicas", type=int, default=3, metavar="R")
+    simulate.add_argument("--session-median", type=duration, metavar="T", help="churn: session lengths with this median instead of --rate")
+    simulate.add_argument("--sessions", default="exponential", choices=sim.SESSION_DISTRIBUTIONS, help="session length distribution")
     simulate.add_argument("--graceful-fraction", type=fraction, default=0.0, metavar="G", help="churn: share of departures that leave gracefully")
     simulate.add_argument("--sample-interval", type=duration, default=10.0, metavar="S")
     simulate.add_argument("--repair-interval", type=duration, default=30.0, metavar="S")

@@ -27,6 +27,7 @@ from dht.storage import StorageConfig
 from .simscenarios import Progress, churn_scenario, fail_scenario
 
 BUILDS = ("ideal", "join")
+SESSION_DISTRIBUTIONS = ("exponential", "pareto")
 LATENCY_JITTER = 0.1  # ±10% per message; also keeps timer deadlines distinct (see SimNetwork)
 
 
@@ -51,6 +52,8 @@ class SimOptions:
     graceful_fraction: float = 0.0
     sample_interval: float = 10.0
     repair_interval: float = 30.0
+    session_median: float = 0.0  # churn by session lengths instead of --rate (0: off)
+    sessions: str = "exponential"
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -68,6 +71,10 @@ class SimOptions:
             raise ValueError("durations and rates must be finite numbers")
         if self.duration <= 0 or self.sample_interval <= 0 or self.rate < 0 or self.lookup_rate < 0:
             raise ValueError("duration and sample interval must be positive; rates must not be negative")
+        if self.sessions not in SESSION_DISTRIBUTIONS:
+            raise ValueError(f"sessions must be one of {', '.join(SESSION_DISTRIBUTIONS)}")
+        if not (math.isfinite(self.session_median) and self.session_median >= 0):
+            raise ValueError("session median must be a finite number of seconds, or 0 for off")
         if self.blocks < 0 or self.replicas < 1:
             raise ValueError("blocks must not be negative and replicas must be at least 1")
 

@@ -8,6 +8,7 @@ and permanent loss.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
@@ -127,12 +128,57 @@ async def churn(cluster: SimCluster, rate: float, graceful_fraction: float, rng:
                 counts["crashes"] += 1
 
 
-async def _join(cluster: SimCluster, counts: dict[str, int]) -> None:
+async def _join(cluster: SimCluster, counts: dict[str, int]) -> str | None:
     try:
-        await cluster.add_node()
-        counts["joins"] += 1
+        node = await cluster.add_node()
     except ChordError:
         counts["failed_joins"] += 1
+        return None
+    counts["joins"] += 1
+    return node.me.address
+
+
+PARETO_SHAPE = 2.0
+
+
+def session_sampler(median: float, distribution: str, rng: random.Random) -> tuple[Callable[[], float], float]:
+    """A function drawing session lengths with the given median, and their mean."""
+    if distribution == "exponential":
+        rate = math.log(2) / median
+        return (lambda: rng.expovariate(rate)), 1 / rate
+    scale = median / 2 ** (1 / PARETO_SHAPE)  # Pareto median = scale · 2^(1/shape)
+    return (lambda: scale * rng.paretovariate(PARETO_SHAPE)), PARETO_SHAPE * scale / (PARETO_SHAPE - 1)
+
+
+async def session_churn(
+    cluster: SimCluster, median: float, distribution: str, graceful_fraction: float, rng: random.Random, counts: dict[str, int]
+) -> None:
+    """Every node stays for a drawn session, then departs; joins arrive as a Poisson
+    process at N / mean session, so the ring keeps its size on average."""
+    draw, mean = session_sampler(median, distribution, rng)
+    target = len(cluster.nodes)
+
+    async def live(address: str) -> None:
+        await trio.sleep(draw())
+        if address not in cluster.nodes or len(cluster.nodes) <= MIN_LIVE:
+            return
+        if rng.random() < graceful_fraction:
+            await _leave(cluster, address, counts)
+        else:
+            cluster.crash(address)
+            counts["crashes"] += 1
+
+    async def join_and_live() -> None:
+        address = await _join(cluster, counts)
+        if address is not None:
+            await live(address)
+
+    async with trio.open_nursery() as nursery:
+        for address in sorted(cluster.nodes):
+            nursery.start_soon(live, address)
+        while True:
+            await trio.sleep(rng.expovariate(target / mean))
+            nursery.start_soon(join_and_live)
 
 
 async def _leave(cluster: SimCluster, address: str, counts: dict[str, int]) -> None:
@@ -222,7 +268,12 @@ async def churn_scenario(cluster: SimCluster, options: "SimOptions", progress: P
     end = trio.current_time() + options.duration
     async with trio.open_nursery() as load:
         load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
-        load.start_soon(churn, cluster, options.rate, options.graceful_fraction, rng, counts)
+        if options.session_median:
+            load.start_soon(
+                session_churn, cluster, options.session_median, options.sessions, options.graceful_fraction, rng, counts
+            )
+        else:
+            load.start_soon(churn, cluster, options.rate, options.graceful_fraction, rng, counts)
         await recorder.sample_until(end)
         load.cancel_scope.cancel()
     return {**built, **summarize(recorder, cluster), **counts, "series": recorder.rows, "hops": recorder.tally.hops}
