@@ -11,7 +11,6 @@ import sys
 from contextlib import contextmanager
 from typing import BinaryIO, Callable, Iterator
 
-import trio
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from dht.client import DhtClient
@@ -66,4 +65,4 @@ async def get_file(cid: str, via: str, target: BinaryIO, to_file: bool, start: i
             return await client.read(cid, sink, start, end)
 
 
-__all__ = ["get_file", "parse_range", "put_file", "trio"]
+__all__ = ["get_file", "parse_range", "put_file"]
