@@ -28,6 +28,7 @@ from dht.tcp import open_tcp_transport, split_address
 
 from . import files, sim, simreport
 from .argtypes import positive
+from .simevents import load_events
 from .simtime import parse_duration, parse_fraction, parse_rate
 from .noderun import run_local_ring, run_node
 from .ringwalk import RingView, render_ring, ring_problems, walk
@@ -220,6 +221,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             repair_interval=args.repair_interval,
             session_median=args.session_median or 0.0,
             sessions=args.sessions,
+            events=tuple(load_events(args.events)) if args.events else (),
         )
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
@@ -343,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--graceful-fraction", type=fraction, default=0.0, metavar="G", help="churn: share of departures that leave gracefully")
     simulate.add_argument("--sample-interval", type=duration, default=10.0, metavar="S")
     simulate.add_argument("--repair-interval", type=duration, default=30.0, metavar="S")
+    simulate.add_argument("--events", metavar="FILE", help="fixed events (crashes, partitions) as JSON; see tools/simevents.py")
     simulate.add_argument("--out", metavar="DIR", help="write summary.json, CSV time series and PNG plots here")
     simulate.add_argument("--json", action="store_true")
     simulate.set_defaults(run=cmd_sim)

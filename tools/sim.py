@@ -24,6 +24,7 @@ from dht.simcluster import SimCluster
 from dht.simnet import SimNetwork
 from dht.storage import StorageConfig
 
+from .simevents import Event
 from .simscenarios import Progress, churn_scenario, fail_scenario
 
 BUILDS = ("ideal", "join")
@@ -54,6 +55,7 @@ class SimOptions:
     repair_interval: float = 30.0
     session_median: float = 0.0  # churn by session lengths instead of --rate (0: off)
     sessions: str = "exponential"
+    events: tuple[Event, ...] = ()  # fixed events from a scenario file (fail and churn)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -75,6 +77,8 @@ class SimOptions:
             raise ValueError(f"sessions must be one of {', '.join(SESSION_DISTRIBUTIONS)}")
         if not (math.isfinite(self.session_median) and self.session_median >= 0):
             raise ValueError("session median must be a finite number of seconds, or 0 for off")
+        if self.events and self.scenario == "static":
+            raise ValueError("fixed events need the fail or churn scenario")
         if self.blocks < 0 or self.replicas < 1:
             raise ValueError("blocks must not be negative and replicas must be at least 1")
 

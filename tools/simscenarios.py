@@ -18,6 +18,8 @@ import trio
 from dht.errors import ChordError, LookupFailed
 from dht.simcluster import ConvergenceTimeout, LookupTally, SimCluster
 
+from .simevents import Crash, Event, Partition
+
 if TYPE_CHECKING:
     from .sim import SimOptions
 
@@ -205,6 +207,30 @@ async def store_blocks(cluster: SimCluster, count: int, rng: random.Random, wind
 Progress = Callable[[float, float], None]
 
 
+async def play_events(cluster: SimCluster, events: list[Event], rng: random.Random, counts: dict[str, int]) -> None:
+    """Apply fixed events at their times (seconds after this task starts)."""
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            await trio.sleep_until(start + event.at)
+            if isinstance(event, Crash):
+                live = sorted(cluster.nodes)
+                chosen = [a for a in event.addresses if a in cluster.nodes] or rng.sample(live, min(event.count, len(live)))
+                for address in chosen:
+                    cluster.crash(address)
+                counts["crashes"] += len(chosen)
+            else:
+                nursery.start_soon(_partition, cluster, event, rng)
+
+
+async def _partition(cluster: SimCluster, event: Partition, rng: random.Random) -> None:
+    live = sorted(cluster.nodes)
+    cut = list(event.addresses) or rng.sample(live, max(1, round(event.fraction * len(live))))
+    cluster.network.partition(cut)
+    await trio.sleep(event.span)
+    cluster.network.heal()
+
+
 def summarize(recorder: Recorder, cluster: SimCluster) -> dict[str, Any]:
     rows = recorder.rows
     summary = recorder.tally.summary()
@@ -245,6 +271,7 @@ async def fail_scenario(cluster: SimCluster, options: "SimOptions", progress: Pr
     async with trio.open_nursery() as load:
         load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
         load.start_soon(watch_convergence)
+        load.start_soon(play_events, cluster, list(options.events), rng, {"crashes": 0})
         await recorder.sample_until(failed_at + options.duration, crash)
         load.cancel_scope.cancel()
     return {
@@ -268,6 +295,7 @@ async def churn_scenario(cluster: SimCluster, options: "SimOptions", progress: P
     end = trio.current_time() + options.duration
     async with trio.open_nursery() as load:
         load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
+        load.start_soon(play_events, cluster, list(options.events), rng, counts)
         if options.session_median:
             load.start_soon(
                 session_churn, cluster, options.session_median, options.sessions, options.graceful_fraction, rng, counts
