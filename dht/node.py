@@ -305,10 +305,35 @@ class ChordNode:
                 return
 
     async def fix_fingers(self) -> None:
-        """Refresh the next finger, and every later finger the same node answers."""
+        """Refresh the next finger, and every later finger the same node answers;
+        once per round of the table, check that no part of the ring skips us."""
         index = self._next_finger
         result = await self.lookup(self.space.finger_start(self.me.id, index))
         self._next_finger = self.routing.fill_fingers(index, result.owner)
+        if self._next_finger == 0:
+            await self.check_not_skipped()
+
+    async def check_not_skipped(self) -> None:
+        """Strong stabilization, after Liben-Nowell et al. After mass failures or a
+        healed partition the ring can settle into separate loops, each consistent
+        from inside, which stabilize never merges. Look up our own ID from a random
+        known node with ourselves kept out of the route: the node that answers
+        precedes us somewhere; if its successor lies past us, it is skipping us, so
+        we tell it (it checks the claim against its own view)."""
+        others = [node for node in self.routing.known_nodes() if node.id != self.me.id]
+        if not others:
+            return
+        result = await self._iterate(self.me.id, self.rng.choice(others), self.config.lookup_timeout, frozenset([self.me.id]))
+        if not result.path:
+            return
+        answerer = result.path[-1]
+        predecessor = self.routing.predecessor
+        if (predecessor is None or answerer.id != predecessor.id) and in_open(self.me.id, answerer.id, result.owner.id):
+            try:
+                if await self.call(answerer, "consider_successor", self.me.to_wire()) is True:
+                    log.info("%r: %s was skipping us; it follows us now", self, answerer.address)
+            except (TransportError, RemoteError):
+                pass
 
     async def check_predecessor(self) -> None:
         predecessor = self.routing.predecessor
@@ -328,14 +353,14 @@ class ChordNode:
         self.space.check(key)
         return await self._iterate(key, self.me, timeout or self.config.lookup_timeout)
 
-    async def _iterate(self, key: int, origin: NodeRef, timeout: float) -> LookupResult:
+    async def _iterate(self, key: int, origin: NodeRef, timeout: float, exclude: frozenset[int] = frozenset()) -> LookupResult:
         """Iterative routing from `origin` (this node, answered locally, or a
         bootstrap node). The closest known node preceding the key is asked next;
         a hop that fails joins the dead set, which every later step excludes, and a
         node already asked is asked again when the dead set has grown since."""
         frontier = {origin.address: origin}
         asked: dict[str, int] = {}
-        dead: set[int] = set()
+        dead: set[int] = set(exclude)
         path: list[NodeRef] = []
         timeouts = 0
         with trio.move_on_after(timeout):
