@@ -320,7 +320,7 @@ class ChordNode:
         known node with ourselves kept out of the route: the node that answers
         precedes us somewhere; if its successor lies past us, it is skipping us, so
         we tell it (it checks the claim against its own view)."""
-        others = [node for node in self.routing.known_nodes() if node.id != self.me.id]
+        others = self.routing.known_nodes()  # never includes us
         if not others:
             return
         result = await self._iterate(self.me.id, self.rng.choice(others), self.config.lookup_timeout, frozenset([self.me.id]))
@@ -443,7 +443,7 @@ class ChordNode:
         # A node that knows no other (a new ring's founder, or the last one left)
         # takes the notifier as its successor too; one that merely lost its
         # successors must not, or it closes a small loop beside the ring.
-        lonely = not routing.known_nodes()
+        lonely = not routing.successors and not routing.known_nodes()
         if candidate.id != self.me.id:
             if predecessor is None or in_open(candidate.id, predecessor.id, self.me.id):
                 routing.set_predecessor(candidate)

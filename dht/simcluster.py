@@ -96,6 +96,7 @@ class SimCluster:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._serial = 0
         self._ids: list[int] = []
+        self._addresses: list[str] = []
 
     # -- membership -----------------------------------------------------------------
 
@@ -158,9 +159,11 @@ class SimCluster:
     def _register(self, node: ChordNode) -> None:
         self.nodes[node.me.address] = node
         bisect.insort(self._ids, node.me.id)
+        bisect.insort(self._addresses, node.me.address)
 
     def _unregister(self, address: str) -> ChordNode:
         node = self.nodes.pop(address)
+        self._addresses.pop(bisect.bisect_left(self._addresses, address))
         service = self.services.pop(address, None)
         if service is not None:
             self.retired_repair_bytes += service.stats.repair_bytes
@@ -340,7 +343,7 @@ class SimCluster:
         raise ConvergenceTimeout(f"condition not met within {timeout:g}s of virtual time")
 
     def random_node(self) -> ChordNode:
-        return self.nodes[self.rng.choice(sorted(self.nodes))]
+        return self.nodes[self.rng.choice(self._addresses)]  # live addresses, kept sorted
 
     def ref(self, ident: int) -> NodeRef:
         return self._by_id()[ident].me

@@ -22,7 +22,7 @@ import trio
 
 from .blockstore import BlockStore
 from .errors import BadRequest, ChordError, RemoteError, TransportError
-from .ids import in_half_open
+from .ids import IdSpace, in_half_open
 from .merkle import HASH_SIZE, MAX_BLOCK
 from .node import ChordNode
 from .routing import NodeRef
@@ -80,7 +80,7 @@ class BlockService:
             node.register(method, handler)
 
     @property
-    def space(self):  # type: ignore[no-untyped-def]
+    def space(self) -> IdSpace:
         return self.node.space
 
     def replica_targets(self) -> list[NodeRef]:
