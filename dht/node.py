@@ -17,7 +17,7 @@ import trio
 
 from .errors import BadRequest, CallTimeout, ChordError, LookupFailed, RemoteError, TransportError
 from .ids import DEFAULT_BITS, IdSpace, in_open
-from .routing import NodeRef, Owner, RoutingTable, refs_from_wire, refs_to_wire
+from .routing import DepartedPeers, NodeRef, Owner, RoutingTable, refs_from_wire, refs_to_wire
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -117,6 +117,7 @@ class ChordNode:
         ident = self.space.node_id(transport.address) if node_id is None else self.space.check(node_id)
         self.me = NodeRef(ident, transport.address)
         self.routing = RoutingTable(self.me, self.space, config.successor_list_size)
+        self.departed = DepartedPeers()
         self.rng = rng or random.Random(ident)
         self._next_finger = 0
         self._maintenance: trio.CancelScope | None = None
@@ -263,7 +264,7 @@ class ChordNode:
                 between, its_successors = await self._notify(successor)
             except (TransportError, RemoteError):
                 if routing.successor == successor:
-                    routing.forget(successor.id)
+                    self._drop_unreachable(successor)
                     log.info("%r: successor %s unreachable; next is %s", self, successor.address, routing.successor.address)
                 continue
             if routing.successor != successor:
@@ -288,6 +289,14 @@ class ChordNode:
             self.routing.set_successors(between, closer_successors)
             between = closer_between
 
+    def _drop_unreachable(self, node: NodeRef) -> bool:
+        """Forget a peer that did not answer, but remember it for later probes;
+        return whether it was known."""
+        known = self.routing.forget(node.id)
+        if known:
+            self.departed.remember(node)
+        return known
+
     async def _rejoin(self) -> None:
         """Every successor failed: find the node after us again, starting from any
         other node we still know. (Adopting our predecessor as successor, as a lone
@@ -297,7 +306,7 @@ class ChordNode:
             try:
                 result = await self._iterate(after_me, node, self.config.lookup_timeout)
             except ChordError:
-                self.routing.forget(node.id)
+                self._drop_unreachable(node)
                 continue
             if result.owner.id != self.me.id:
                 self.routing.set_successors(result.owner, result.successors[1:])
@@ -316,14 +325,19 @@ class ChordNode:
     async def check_not_skipped(self) -> None:
         """Strong stabilization, after Liben-Nowell et al. After mass failures or a
         healed partition the ring can settle into separate loops, each consistent
-        from inside, which stabilize never merges. Look up our own ID from a random
-        known node with ourselves kept out of the route: the node that answers
-        precedes us somewhere; if its successor lies past us, it is skipping us, so
-        we tell it (it checks the claim against its own view)."""
-        others = self.routing.known_nodes()  # never includes us
-        if not others:
-            return
-        result = await self._iterate(self.me.id, self.rng.choice(others), self.config.lookup_timeout, frozenset([self.me.id]))
+        from inside, which stabilize never merges. Look up our own ID from another
+        node with ourselves kept out of the route: the node that answers precedes
+        us somewhere; if its successor lies past us, it is skipping us, so we tell
+        it (it checks the claim against its own view). The lookup starts from a
+        departed peer that answers again, if there is one (that finds a ring we
+        were cut off from), and otherwise from a random known node."""
+        start = await self._departed_peer_back()
+        if start is None:
+            others = self.routing.known_nodes()  # never includes us
+            if not others:
+                return
+            start = self.rng.choice(others)
+        result = await self._iterate(self.me.id, start, self.config.lookup_timeout, frozenset([self.me.id]))
         if not result.path:
             return
         answerer = result.path[-1]
@@ -335,6 +349,20 @@ class ChordNode:
             except (TransportError, RemoteError):
                 pass
 
+    async def _departed_peer_back(self) -> NodeRef | None:
+        """Probe the departed peer waiting longest; return it if it answers."""
+        node = self.departed.next_to_probe()
+        if node is None:
+            return None
+        try:
+            answer = NodeRef.from_wire(await self.call(node, "ping"))
+        except (TransportError, RemoteError, ValueError):
+            self.departed.probe_failed(node)
+            return None
+        self.departed.discard(node.id)
+        log.info("%r: departed peer %s answers again", self, node.address)
+        return answer
+
     async def check_predecessor(self) -> None:
         predecessor = self.routing.predecessor
         if predecessor is None:
@@ -344,6 +372,7 @@ class ChordNode:
         except (TransportError, RemoteError):
             if self.routing.predecessor == predecessor:
                 self.routing.set_predecessor(None)
+                self.departed.remember(predecessor)
                 log.info("%r: predecessor %s failed", self, predecessor.address)
 
     # -- lookups -------------------------------------------------------------------
@@ -373,7 +402,7 @@ class ChordNode:
                 except (TransportError, RemoteError, ValueError) as exc:
                     timeouts += 1
                     dead.add(hop.id)
-                    if self.routing.forget(hop.id):
+                    if self._drop_unreachable(hop):
                         log.debug("%r: dropped unresponsive %s: %s", self, hop.address, exc)
                     continue
                 if hop.address != self.me.address and hop not in path:
@@ -470,6 +499,7 @@ class ChordNode:
             raise BadRequest(f"successor_leaving: {exc}") from None
         was_successor = self.routing.successor.id == leaver.id
         self.routing.forget(leaver.id)
+        self.departed.discard(leaver.id)
         if was_successor and its_successors:
             self.routing.set_successors(its_successors[0], its_successors[1:])
 
@@ -479,6 +509,7 @@ class ChordNode:
         replacement = None if predecessor_wire is None else _node_arg(predecessor_wire, "predecessor_leaving")
         was_predecessor = self.routing.predecessor is not None and self.routing.predecessor.id == leaver.id
         self.routing.forget(leaver.id)
+        self.departed.discard(leaver.id)
         if was_predecessor:
             self.routing.set_predecessor(replacement)
 

@@ -195,3 +195,51 @@ class RoutingTable:
                     distinct.setdefault(node.id, node)
             self._candidates = list(distinct.values())
         return self._candidates
+
+
+class DepartedPeers:
+    """Peers that stopped answering, remembered so they can be tried again.
+
+    A partition looks like mass failure from either side: each side forgets the
+    other and settles into a ring of its own. Once the partition heals, nothing in
+    either ring points across, so only a memory of the lost peers can find the
+    other ring again. Bounded in size; a peer is dropped after `max_probes` failed
+    probes, or as soon as one answers."""
+
+    def __init__(self, capacity: int = 16, max_probes: int = 16) -> None:
+        if capacity < 1 or max_probes < 1:
+            raise ValueError("capacity and max_probes must be at least 1")
+        self.capacity = capacity
+        self.max_probes = max_probes
+        self._failed_probes: dict[int, tuple[NodeRef, int]] = {}  # oldest first
+
+    def __len__(self) -> int:
+        return len(self._failed_probes)
+
+    def __contains__(self, node_id: int) -> bool:
+        return node_id in self._failed_probes
+
+    def remember(self, node: NodeRef) -> None:
+        """Note a peer that did not answer; the oldest memory goes when full."""
+        if node.id in self._failed_probes:
+            return
+        if len(self._failed_probes) >= self.capacity:
+            del self._failed_probes[next(iter(self._failed_probes))]
+        self._failed_probes[node.id] = (node, 0)
+
+    def discard(self, node_id: int) -> None:
+        """Forget a peer for good: it answered, or it left gracefully."""
+        self._failed_probes.pop(node_id, None)
+
+    def next_to_probe(self) -> NodeRef | None:
+        """The peer waiting longest for a probe, if any."""
+        for node, _ in self._failed_probes.values():
+            return node
+        return None
+
+    def probe_failed(self, node: NodeRef) -> None:
+        """Count a failed probe; send the peer to the back of the queue, or drop it
+        once it has failed `max_probes` times."""
+        entry = self._failed_probes.pop(node.id, None)
+        if entry is not None and entry[1] + 1 < self.max_probes:
+            self._failed_probes[node.id] = (entry[0], entry[1] + 1)

@@ -181,3 +181,17 @@ async def test_half_the_ring_crashing_heals_into_one_ring(make_cluster: ClusterF
     await cluster.wait_until(cluster.is_converged, 600)
     tally = await cluster.run_lookups(1_000)
     assert tally.correct == 1_000
+
+
+async def test_a_healed_partition_merges_back_into_one_ring(make_cluster: ClusterFactory, autojump_clock: MockClock) -> None:
+    # Cut off, each side forgets the other and closes a ring of its own; only the
+    # memory of departed peers can find the other ring once the links return.
+    cluster = await stable_ring(make_cluster, 50)
+    cut = cluster.rng.sample(sorted(cluster.nodes), 15)
+    cluster.network.partition(cut)
+    await trio.sleep(60)
+    assert cluster.ring_errors() != []  # two rings, as the oracle sees it
+    cluster.network.heal()
+    await cluster.wait_until(cluster.is_converged, 300)
+    tally = await cluster.run_lookups(1_000)
+    assert tally.correct == 1_000

@@ -10,6 +10,7 @@ import pytest
 
 from dht.ids import IdSpace
 from dht.routing import (
+    DepartedPeers,
     Forward,
     NodeRef,
     Owner,
@@ -381,3 +382,30 @@ def test_known_nodes_predecessor_listed_once_when_also_successor() -> None:
     table.set_predecessor(ref(50))
     table.learn(ref(50))
     assert table.known_nodes() == [ref(50)]
+
+
+def test_departed_peers_are_probed_oldest_first_and_dropped_when_they_answer() -> None:
+    departed = DepartedPeers(capacity=3, max_probes=2)
+    a, b = NodeRef(1, "a"), NodeRef(2, "b")
+    departed.remember(a)
+    departed.remember(b)
+    departed.remember(a)  # already queued: keeps its place
+    assert departed.next_to_probe() == a
+    departed.probe_failed(a)  # to the back of the queue
+    assert departed.next_to_probe() == b and len(departed) == 2
+    departed.discard(b.id)  # it answered
+    assert departed.next_to_probe() == a and b.id not in departed
+
+
+def test_departed_peers_give_up_after_max_probes_and_stay_bounded() -> None:
+    departed = DepartedPeers(capacity=2, max_probes=2)
+    a, b, c = NodeRef(1, "a"), NodeRef(2, "b"), NodeRef(3, "c")
+    departed.remember(a)
+    departed.probe_failed(a)
+    departed.probe_failed(a)
+    assert a.id not in departed and departed.next_to_probe() is None
+    for node in (a, b, c):
+        departed.remember(node)
+    assert len(departed) == 2 and a.id not in departed  # the oldest memory went
+    with pytest.raises(ValueError):
+        DepartedPeers(capacity=0)

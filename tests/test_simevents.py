@@ -69,6 +69,19 @@ def test_events_are_played_at_their_times(tmp_path: Path) -> None:
     assert live[:2] == [30, 30] and live[-1] == 26  # the crash came between 20 s and 30 s
 
 
+def test_a_healed_partition_leaves_every_lookup_correct_again() -> None:
+    events = tuple(parse_events([{"at": 60, "partition": 0.3, "for": 60}]))
+    options = SimOptions(
+        scenario="churn", nodes=50, rate=0.0, blocks=100, lookup_rate=1.0, duration=600.0,
+        stabilize_interval=30.0, sample_interval=10.0, events=events, seed=1,
+    )
+    summary, series, _ = run_detailed(options)
+    assert summary["wrong"] > 0  # the cut-off side ran a ring of its own
+    last_five_minutes = [row for row in series if row["t"] > 300]
+    assert all(row["wrong"] == 0 and row["failed"] == 0 for row in last_five_minutes)
+    assert sum(row["lookups"] for row in last_five_minutes) > 200
+
+
 def test_the_command_line_takes_a_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scenario = tmp_path / "events.json"
     scenario.write_text(json.dumps([{"at": 5, "crash": 2}]))
