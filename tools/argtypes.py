@@ -30,3 +30,20 @@ def positive(high: float = math.inf) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2, "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def byte_size(text: str) -> int:
+    """A size such as 4096, 512k, 256MiB or 2GB (k, M, G are powers of 1000; KiB, MiB, GiB of 1024)."""
+    number = text.strip()
+    digits = number.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    unit = number[len(digits) :].strip().lower()
+    try:
+        value = float(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not a number with an optional unit (k, M, G, KiB, MiB, GiB)") from None
+    if unit not in _UNITS or value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"size {text!r}: unknown unit {unit!r} (use k, M, G, KiB, MiB or GiB)" if unit not in _UNITS else f"size {text!r} must not be negative")
+    return int(value * _UNITS[unit])

@@ -25,9 +25,11 @@ from dht.ids import DEFAULT_BITS, IdSpace
 from dht.node import ChordNode, NodeConfig
 from dht.routing import NodeRef
 from dht.tcp import open_tcp_transport, split_address
+from origin.run import add_origin_command
 
 from . import files, sim, simreport
 from .argtypes import positive
+from .edgerun import add_edge_command
 from .simevents import load_events
 from .simtime import parse_duration, parse_fraction, parse_rate
 from .noderun import run_local_ring, run_node
@@ -350,10 +352,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--json", action="store_true")
     simulate.set_defaults(run=cmd_sim)
 
+    add_origin_command(commands)
+
     demo = commands.add_parser("demo", help="a local ring of 8 nodes on loopback")
     demo.add_argument("--nodes", type=int, default=8)
     demo.add_argument("--once", action="store_true", help="print the ring and exit")
     demo.set_defaults(run=cmd_demo)
+
+    add_edge_command(commands)
     return parser
 
 

@@ -77,14 +77,17 @@ async def settled_view(client: Transport, via: str, deadline: float) -> RingView
 
 
 async def serve_local_node(
-    join: str | None, config: NodeConfig, *, task_status: trio.TaskStatus[ChordNode] = trio.TASK_STATUS_IGNORED
+    join: str | None, config: NodeConfig, storage: StorageConfig = StorageConfig(), *, task_status: trio.TaskStatus[ChordNode] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """One node on 127.0.0.1 with a free port, joined and running, until cancelled."""
+    """One node on 127.0.0.1 with a free port, joined, running and storing blocks in
+    memory, until cancelled."""
     async with open_tcp_transport("127.0.0.1", 0) as transport:
         node = ChordNode(transport, config)
+        service = BlockService(node, MemoryBlockStore(node.space), storage)
         await node.join(join)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
+            await nursery.start(service.run)
             task_status.started(node)
         await trio.sleep_forever()  # after a leave, until cancelled: the transport stays open
 

@@ -1,0 +1,137 @@
+"""`chordcdn edge`: one caching edge in the foreground.
+
+Owns the edge's process life: parsing its options, opening the DHT connection when
+one is named, serving until SIGTERM or Ctrl-C, and closing cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+
+from dht.tcp import open_tcp_transport, split_address
+from edge.httpserver import Limits, Request, Response, bound_port, serve_http
+from edge.proxy import Edge, EdgeConfig
+from edge.upstream import DhtSource
+
+from .argtypes import byte_size, positive
+from .noderun import wait_for_signal
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("chordcdn.access")
+
+
+def url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+def peers(text: str) -> dict[str, str]:
+    """NAME=URL,NAME=URL"""
+    found: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, address = item.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"peer {item!r} is not NAME=URL")
+        found[name] = url(address)
+    return found
+
+
+def disk_cache(text: str) -> tuple[str, int]:
+    """DIR:SIZE"""
+    directory, sep, size = text.rpartition(":")
+    if not sep or not directory:
+        raise argparse.ArgumentTypeError(f"disk cache {text!r} is not DIR:SIZE")
+    return directory, byte_size(size)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    try:
+        return split_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_edge_command(commands: Any) -> None:
+    edge = commands.add_parser("edge", help="run a caching HTTP edge in the foreground")
+    edge.add_argument("--listen", type=listen_address, required=True, metavar="HOST:PORT")
+    edge.add_argument("--name", required=True, help="this edge's name on the edges' hash ring")
+    edge.add_argument("--origin", type=url, required=True, metavar="URL")
+    edge.add_argument("--dht", metavar="HOST:PORT", help="a ring node to read bodies from by CID")
+    edge.add_argument("--peers", type=peers, default={}, metavar="NAME=URL,...", help="the other edges of the cluster")
+    edge.add_argument("--parent", type=url, metavar="URL", help="a parent edge to ask before the DHT and the origin")
+    edge.add_argument("--mem-cache", type=byte_size, default=256 * 1024**2, metavar="SIZE", help="memory tier budget (default 256MiB)")
+    edge.add_argument("--disk-cache", type=disk_cache, metavar="DIR:SIZE", help="disk tier directory and budget")
+    edge.add_argument("--upstream-timeout", type=positive(3600), default=10.0, metavar="SECONDS")
+    edge.set_defaults(run=cmd_edge)
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    if args.dht:
+        split_address(args.dht)
+    config = EdgeConfig(
+        name=args.name,
+        origin=args.origin,
+        peers=args.peers,
+        parent=args.parent,
+        dht=args.dht,
+        memory_budget=args.mem_cache,
+        disk_dir=args.disk_cache[0] if args.disk_cache else None,
+        disk_budget=args.disk_cache[1] if args.disk_cache else 0,
+        upstream_timeout=args.upstream_timeout,
+    )
+    host, port = args.listen
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request otherwise
+    trio.run(run_edge_until_signal, config, host, port)
+    return 0
+
+
+async def run_edge_until_signal(config: EdgeConfig, host: str, port: int) -> None:
+    async with trio.open_nursery() as nursery:
+        edge = await nursery.start(run_edge, config, host, port)
+        log.info("edge %s serving on http://%s:%d", config.name, host, edge.port)
+        await wait_for_signal()
+        nursery.cancel_scope.cancel()
+
+
+async def run_edge(
+    config: EdgeConfig, host: str, port: int, limits: Limits = Limits(), *, task_status: trio.TaskStatus[Edge] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve an edge until cancelled; `nursery.start` returns the Edge, its bound
+    port in `edge.port`."""
+    async with open_tcp_transport(None) as transport, trio.open_nursery() as nursery:
+        dht = DhtSource(transport, config.dht, config.cid_timeout) if config.dht else None
+        edge = Edge(config, nursery, dht)
+        try:
+            listeners = await nursery.start(functools.partial(serve_http, _logged(edge), host, port, limits))
+            edge.port = bound_port(listeners)
+            task_status.started(edge)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await edge.aclose()
+
+
+def _logged(edge: Edge) -> Any:
+    """The edge's handler with one structured access-log line per request."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return edge.handle
+
+    async def handle(request: Request) -> Response:
+        started = trio.current_time()
+        response = await edge.handle(request)
+        access_log.info(
+            "edge=%s method=%s target=%s status=%d cache=%r ms=%.2f",
+            edge.config.name, request.method, request.target, response.status,
+            response.header("cache-status"), (trio.current_time() - started) * 1000,
+        )
+        return response
+
+    return handle
