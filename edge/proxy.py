@@ -304,6 +304,10 @@ class Edge:
             self.nursery.start_soon(self.disk.update, key, stored)
 
     async def _store(self, key: str, request: Request, answer: Answer, spool: Spool) -> None:
+        """Keep a storable answer in memory and on disk. What came from the owner
+        edge stays there: the cluster caches each object once."""
+        if answer.tier == "peer":
+            return
         headers = [(k, v) for k, v in answer.headers if k.lower() not in NOT_STORED]
         rules = freshness(headers)
         request_rules = parse_cache_control(request.headers.get_all("cache-control"))

@@ -28,29 +28,33 @@ async def get(url: str, **headers: str) -> httpx.Response:
         return await client.get(url, headers=headers)
 
 
-async def test_each_tier_in_turn_origin_memory_disk_after_restart_and_the_owner(
+async def test_through_each_edge_origin_then_memory_then_disk_after_restart_and_others_from_the_owner(
     nursery: trio.Nursery, origin: CountingOrigin, tmp_path: Path
 ) -> None:
-    origin.add("/a.bin", SMALL)
     disks = [str(tmp_path / f"disk{i}") for i in range(3)]
     edges = await start_edges(nursery, origin.url, 3, disk_dirs=disks)
-    owner = owner_of(edges, "/a.bin")
-    other = next(edge for edge in edges if edge is not owner)
+    for index, owner in enumerate(edges):
+        path = next(f"/{index}/{n}.bin" for n in range(1000) if owner_of(edges, f"/{index}/{n}.bin") is owner)
+        body = os.urandom(3000 + index)
+        origin.add(path, body)
+        others = [edge for edge in edges if edge is not owner]
 
-    cold = await get(edge_url(owner) + "/a.bin")
-    assert cold.status_code == 200 and cold.content == SMALL and tier_of(cold) == "origin"
-    warm = await get(edge_url(owner) + "/a.bin")
-    assert warm.content == SMALL and tier_of(warm) == "memory"
-    via_owner = await get(edge_url(other) + "/a.bin")
-    assert via_owner.content == SMALL and tier_of(via_owner) == "peer"
-    assert origin.bodies_served["/a.bin"] == 1
+        cold = await get(edge_url(owner) + path)
+        assert cold.status_code == 200 and cold.content == body and tier_of(cold) == "origin"
+        warm = await get(edge_url(owner) + path)
+        assert warm.content == body and tier_of(warm) == "memory"
+        for other in others:
+            via_owner = await get(edge_url(other) + path)
+            assert via_owner.content == body and tier_of(via_owner) == "peer"
+            assert via_owner.headers.get_list("cache-status")[0].startswith(f"{owner.config.name}; hit")
+        assert origin.bodies_served[path] == 1
 
-    # a new edge process on the same disk directory finds it on disk
-    config = owner.config
-    restarted = await nursery.start(run_edge, type(config)(name=config.name, origin=origin.url, disk_dir=config.disk_dir), "127.0.0.1", 0)
-    after = await get(edge_url(restarted) + "/a.bin")
-    assert after.content == SMALL and tier_of(after) == "disk"
-    assert origin.bodies_served["/a.bin"] == 1
+        # a new edge on the same disk directory finds it on disk
+        config = owner.config
+        restarted = await nursery.start(run_edge, type(config)(name=config.name, origin=origin.url, disk_dir=config.disk_dir), "127.0.0.1", 0)
+        after = await get(edge_url(restarted) + path)
+        assert after.content == body and tier_of(after) == "disk"
+        assert origin.bodies_served[path] == 1
 
 
 async def test_two_hundred_concurrent_cold_requests_reach_the_origin_once(nursery: trio.Nursery, origin: CountingOrigin) -> None:

@@ -8,6 +8,7 @@ usage or content not found; 3 the node named by --via or --join could not be rea
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -28,7 +29,8 @@ from dht.tcp import open_tcp_transport, split_address
 from origin.run import add_origin_command
 
 from . import files, sim, simreport
-from .argtypes import positive
+from .argtypes import integer, positive
+from .cdndemo import run_cdn_demo
 from .edgerun import add_edge_command
 from .simevents import load_events
 from .simtime import parse_duration, parse_fraction, parse_rate
@@ -246,28 +248,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    config = NodeConfig(stabilize_interval=0.5, fix_fingers_interval=0.25, check_predecessor_interval=0.5)
-    command = os.path.relpath(sys.argv[0]) if os.path.basename(sys.argv[0]) == "chordcdn" else "chordcdn"
+    def report(line: str) -> None:
+        print(line, flush=True)
 
-    async def show(nodes: list[ChordNode], view: RingView) -> None:
-        space, via = nodes[0].space, nodes[0].me.address
-        print(f"A Chord ring of {len(nodes)} nodes on loopback:\n")
-        print("\n".join(render_ring(view, space)))
-        problems = ring_problems(view)
-        print("\nring consistent\n" if not problems else "\n".join(problems))
-        for key_text in ("hello.txt", "videos/cat.mp4", "index.html"):
-            result = await nodes[0].lookup(space.key_for(key_text))
-            route = " -> ".join([via, *(hop.address for hop in result.path)])
-            print(f"lookup {key_text!r:18} owner {result.owner.address}  hops {result.hops}  ({route})")
-        print("\nTry, in another terminal:")
-        print(f"  {command} ring --via {via} --check")
-        print(f"  {command} lookup hello.txt --via {via}")
-        print(f"  {command} node --listen 127.0.0.1:0 --join {via}")
-        if not args.once:
-            print("\nPress Ctrl-C to stop.", flush=True)
-
-    trio.run(run_local_ring, args.nodes, config, show, not args.once)
-    return 0
+    return trio.run(functools.partial(run_cdn_demo, report, nodes=args.nodes, edges=args.edges, once=args.once))
 
 
 # -- wiring -----------------------------------------------------------------------------
@@ -354,9 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_origin_command(commands)
 
-    demo = commands.add_parser("demo", help="a local ring of 8 nodes on loopback")
-    demo.add_argument("--nodes", type=int, default=8)
-    demo.add_argument("--once", action="store_true", help="print the ring and exit")
+    demo = commands.add_parser("demo", help="a whole CDN on loopback: an origin, a ring of 8 nodes and 3 edges")
+    demo.add_argument("--nodes", type=integer(1, 64), default=8)
+    demo.add_argument("--edges", type=integer(1, 16), default=3)
+    demo.add_argument("--once", action="store_true", help="check that content flows through every tier, print it, and exit")
     demo.set_defaults(run=cmd_demo)
 
     add_edge_command(commands)
