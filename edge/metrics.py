@@ -1,15 +1,19 @@
 """An edge's counters, and `/metrics` in Prometheus text format.
 
 Owns the names: requests by method, hits by tier, upstream fetches by tier,
-collapsed waits, bytes served and origin bytes. Each edge has its own registry, so
-several edges in one process (tests, the demo) keep separate counts.
+collapsed waits, bytes served and origin bytes. Counting is a plain integer add
+on the hot path; prometheus_client renders the counts (through a custom
+collector) only when /metrics is read. Each edge has its own registry, so several
+edges in one process (tests, the demo) keep separate counts.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from collections import Counter
+from typing import Iterator
 
-disable_created_metrics()  # the *_created samples only add noise here
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 
 TIERS = ("memory", "disk", "peer", "parent", "dht", "origin")
 
@@ -18,47 +22,52 @@ class EdgeMetrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self, edge: str) -> None:
-        self.registry = CollectorRegistry()
-        labels = ["edge"]
-        self._requests = Counter("chordcdn_edge_requests", "Requests received, by method", [*labels, "method"], registry=self.registry)
-        self._hits = Counter("chordcdn_edge_hits", "Requests answered from the edge's own tiers", [*labels, "tier"], registry=self.registry)
-        self._upstream = Counter("chordcdn_edge_upstream_fetches", "Fetches from each upstream tier", [*labels, "tier"], registry=self.registry)
-        collapsed = Counter("chordcdn_edge_collapsed", "Requests that waited on another request's fetch", labels, registry=self.registry)
-        served = Counter("chordcdn_edge_served_bytes", "Body bytes sent to clients", labels, registry=self.registry)
-        origin = Counter("chordcdn_edge_origin_bytes", "Body bytes received from the origin", labels, registry=self.registry)
         self.edge = edge
-        self._hit_by_tier = {tier: self._hits.labels(edge, tier) for tier in TIERS}
-        self._upstream_by_tier = {tier: self._upstream.labels(edge, tier) for tier in TIERS}
-        self._by_method = {method: self._requests.labels(edge, method) for method in ("GET", "HEAD")}
-        self._collapsed = collapsed.labels(edge)
-        self._served = served.labels(edge)
-        self._origin = origin.labels(edge)
+        self.requests: Counter[str] = Counter()
+        self.hits: Counter[str] = Counter()
+        self.upstream_fetches: Counter[str] = Counter()
+        self.collapsed_waits = 0
+        self.served_bytes = 0
+        self.origin_body_bytes = 0
+        self.registry = CollectorRegistry()
+        self.registry.register(self)  # type: ignore[arg-type]
 
     def request(self, method: str) -> None:
-        counter = self._by_method.get(method)
-        if counter is None:
-            counter = self._by_method[method] = self._requests.labels(self.edge, method[:32])
-        counter.inc()
+        self.requests[method[:32]] += 1
 
     def hit(self, tier: str) -> None:
-        self._hit_by_tier[tier].inc()
+        self.hits[tier] += 1
 
     def upstream(self, tier: str) -> None:
-        self._upstream_by_tier[tier].inc()
+        self.upstream_fetches[tier] += 1
 
     def collapsed(self) -> None:
-        self._collapsed.inc()
+        self.collapsed_waits += 1
 
     def served(self, size: int) -> None:
-        self._served.inc(size)
+        self.served_bytes += size
 
     def origin_bytes(self, size: int) -> None:
-        self._origin.inc(size)
+        self.origin_body_bytes += size
 
-    def value(self, name: str, **labels: str) -> float:
-        """One sample's current value (for tests and the demo)."""
-        found = self.registry.get_sample_value(name, {"edge": self.edge, **labels})
-        return found or 0.0
+    def collect(self) -> Iterator[Metric]:
+        yield self._family("chordcdn_edge_requests", "Requests received, by method", "method", self.requests)
+        yield self._family("chordcdn_edge_hits", "Requests answered from the edge's own tiers", "tier", self.hits, ("memory", "disk"))
+        yield self._family("chordcdn_edge_upstream_fetches", "Fetches from each upstream tier", "tier", self.upstream_fetches, TIERS[2:])
+        for name, text, value in (
+            ("chordcdn_edge_collapsed", "Requests that waited on another request's fetch", self.collapsed_waits),
+            ("chordcdn_edge_served_bytes", "Body bytes sent to clients", self.served_bytes),
+            ("chordcdn_edge_origin_bytes", "Body bytes received from the origin", self.origin_body_bytes),
+        ):
+            family = CounterMetricFamily(name, text, labels=["edge"])
+            family.add_metric([self.edge], value)
+            yield family
+
+    def _family(self, name: str, text: str, label: str, counts: Counter[str], always: tuple[str, ...] = ()) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, text, labels=["edge", label])
+        for key in sorted({*always, *counts}):
+            family.add_metric([self.edge, key], counts[key])
+        return family
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

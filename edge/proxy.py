@@ -110,9 +110,12 @@ class Edge:
         """Add our Cache-Status entry after any upstream ones (RFC 9211 §2)."""
         value = f"{self.config.name}; {status}" + (f"; detail={detail}" if detail else "")
         response.headers.append(("Cache-Status", value))
-        size = response.header("content-length")
-        if size and size.isdigit() and response.status != 304:
-            self.metrics.served(int(size) if not isinstance(response.body, bytes) else len(response.body))
+        if isinstance(response.body, bytes):
+            self.metrics.served(len(response.body))
+        else:
+            size = response.header("content-length")
+            if size and size.isdigit():
+                self.metrics.served(int(size))
         return response
 
     # -- the tiers -----------------------------------------------------------------------
