@@ -98,8 +98,12 @@ async def test_bad_input_gets_a_clear_error(args: list[str], code: int, message:
     assert message in result.stderr
 
 
-async def test_demo_once_prints_a_consistent_ring() -> None:
-    result = await chordcdn("demo", "--once")
+async def test_demo_once_runs_the_whole_cdn_and_content_flows_through_every_tier() -> None:
+    result = await chordcdn("--log-level", "WARNING", "demo", "--once")
     assert result.returncode == 0, result.stderr
-    assert b"ring consistent" in result.stdout
-    assert result.stdout.count(b"127.0.0.1:") >= 8
+    out = result.stdout.decode()
+    assert "ring     8 nodes, consistent" in out
+    assert "published 5 files into the ring" in out
+    for tier in ("detail=dht", "detail=peer"):
+        assert tier in out
+    assert out.count("/cid/") >= 2 and "curl" in out

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-from typing import Any
+import signal
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import trio
@@ -89,15 +90,16 @@ def cmd_edge(args: argparse.Namespace) -> int:
     )
     host, port = args.listen
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request otherwise
-    trio.run(run_edge_until_signal, config, host, port)
+    trio.run(run_edge_until_signal, config, host, port, functools.partial(print, flush=True))
     return 0
 
 
-async def run_edge_until_signal(config: EdgeConfig, host: str, port: int) -> None:
+async def run_edge_until_signal(config: EdgeConfig, host: str, port: int, report: Callable[[str], None]) -> None:
     async with trio.open_nursery() as nursery:
         edge = await nursery.start(run_edge, config, host, port)
-        log.info("edge %s serving on http://%s:%d", config.name, host, edge.port)
-        await wait_for_signal()
+        report(f"edge {config.name} listening on {host}:{edge.port}, origin {config.origin}" + (f", DHT via {config.dht}" if config.dht else ""))
+        signum = await wait_for_signal()
+        log.info("%s received: stopping", signal.Signals(signum).name)
         nursery.cancel_scope.cancel()
 
 
