@@ -94,7 +94,7 @@ def represent(request: Request, headers: list[tuple[str, str]], source: BodySour
 
 def _requested_ranges(request: Request, etag: str | None, last_modified: float | None, size: int) -> list[ByteRange] | None | Response:
     header = request.headers.get("range")
-    if header is None or request.method not in ("GET", "HEAD"):
+    if header is None or request.method != "GET":  # Range is defined for GET only (RFC 9110 §14.2)
         return None
     if not if_range_allows(request.headers.get("if-range"), etag, last_modified):
         return None

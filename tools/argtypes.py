@@ -6,6 +6,8 @@ import argparse
 import math
 from typing import Callable
 
+from dht.tcp import split_address
+
 
 def integer(low: int, high: int) -> Callable[[str], int]:
     """An integer in low..high."""
@@ -47,3 +49,12 @@ def byte_size(text: str) -> int:
     if unit not in _UNITS or value < 0 or value != value:
         raise argparse.ArgumentTypeError(f"size {text!r}: unknown unit {unit!r} (use k, M, G, KiB, MiB or GiB)" if unit not in _UNITS else f"size {text!r} must not be negative")
     return int(value * _UNITS[unit])
+
+
+def address(text: str) -> str:
+    """HOST:PORT, checked."""
+    try:
+        split_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

@@ -23,18 +23,18 @@ from dht.errors import ChordError, LookupFailed, TransportError
 from dht.merkle import DEFAULT_CHUNK, MAX_BLOCK, BlockError, parse_cid
 from dht.storage import StorageConfig
 from dht.ids import DEFAULT_BITS, IdSpace
-from dht.node import ChordNode, NodeConfig
+from dht.node import NodeConfig
 from dht.routing import NodeRef
-from dht.tcp import open_tcp_transport, split_address
+from dht.tcp import open_tcp_transport
 from origin.run import add_origin_command
 
 from . import files, sim, simreport
-from .argtypes import integer, positive
+from .argtypes import address, integer, positive
 from .cdndemo import run_cdn_demo
 from .edgerun import add_edge_command
 from .simevents import load_events
 from .simtime import parse_duration, parse_fraction, parse_rate
-from .noderun import run_local_ring, run_node
+from .noderun import run_node
 from .ringwalk import RingView, render_ring, ring_problems, walk
 
 EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -46,14 +46,6 @@ class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
-
-
-def address(text: str) -> str:
-    try:
-        split_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def _checked(parse: Any) -> Any:

@@ -1,5 +1,5 @@
-"""Running real nodes over TCP: one node in the foreground (`chordcdn node`) and a
-local ring of several in one process (`chordcdn demo`).
+"""Running real nodes over TCP: one node in the foreground (`chordcdn node`) and
+storing nodes in this process for the demo and the tests.
 
 Owns process life: binding, joining, SIGTERM and Ctrl-C as a graceful leave.
 Reports go through the `report` callback so the library itself never prints.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from typing import Awaitable, Callable
+from typing import Callable
 
 import trio
 
@@ -90,21 +90,3 @@ async def serve_local_node(
             await nursery.start(service.run)
             task_status.started(node)
         await trio.sleep_forever()  # after a leave, until cancelled: the transport stays open
-
-
-async def run_local_ring(
-    count: int, config: NodeConfig, on_ready: Callable[[list[ChordNode], RingView], Awaitable[None]], hold: bool
-) -> None:
-    """Start `count` nodes on 127.0.0.1 in this process, wait for a consistent
-    ring, hand it to on_ready, then serve until a signal when `hold` is set."""
-    async with open_tcp_transport(None) as client, trio.open_nursery() as nursery:
-        nodes: list[ChordNode] = []
-        for _ in range(count):
-            nodes.append(await nursery.start(serve_local_node, nodes[0].me.address if nodes else None, config))
-        view = await settled_view(client, nodes[0].me.address, trio.current_time() + 30)
-        await on_ready(nodes, view)
-        if hold:
-            await wait_for_signal()
-            for node in nodes:
-                await node.leave()
-        nursery.cancel_scope.cancel()

@@ -1,0 +1,134 @@
+"""Running the origin: `run_origin` for tests and the demo, `chordcdn origin` for people.
+
+Owns the origin's process life: the HTTP listener, the publishing task with its
+own DHT connection, periodic stats log lines, and stopping on SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dht.client import DhtClient
+from dht.tcp import open_tcp_transport, split_address
+from edge.httpserver import Limits, bound_port, serve_http
+from tools.argtypes import address, positive
+from tools.noderun import wait_for_signal
+
+from .server import DEFAULT_RESCAN, Origin, OriginConfig, parse_cache_control_rule
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL = 60.0  # seconds between stats log lines, when there was traffic
+EXIT_CANNOT_LISTEN = 3  # as `chordcdn node` (tools.cli.EXIT_UNREACHABLE)
+
+
+@dataclass(frozen=True)
+class RunningOrigin:
+    """What `nursery.start(run_origin, ...)` returns."""
+
+    origin: Origin
+    port: int
+
+
+async def run_origin(
+    config: OriginConfig,
+    listen_host: str,
+    listen_port: int,
+    dhtaddress: str | None = None,
+    *,
+    limits: Limits = Limits(),
+    task_status: trio.TaskStatus[RunningOrigin] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve `config.root` over HTTP until cancelled, publishing into the ring at
+    `dhtaddress` when given. Starts as soon as the listener is bound."""
+    origin = Origin(config)
+    try:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(serve_http, origin.handle, listen_host, listen_port, limits)
+            if dhtaddress is not None:
+                nursery.start_soon(_publish, origin, dhtaddress)
+            nursery.start_soon(_log_stats, origin)
+            task_status.started(RunningOrigin(origin, bound_port(listeners)))
+    finally:
+        origin.log_stats()
+
+
+async def _publish(origin: Origin, dhtaddress: str) -> None:
+    async with open_tcp_transport(None) as transport:
+        await origin.publish_forever(lambda: DhtClient.via(transport, dhtaddress))
+
+
+async def _log_stats(origin: Origin) -> None:
+    logged = 0
+    while True:
+        await trio.sleep(STATS_INTERVAL)
+        if origin.stats.requests != logged:
+            logged = origin.stats.requests
+            origin.log_stats()
+
+
+# -- the command ----------------------------------------------------------------------
+
+
+def _rule(text: str) -> tuple[str, str]:
+    try:
+        return parse_cache_control_rule(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_origin_command(subparsers: Any) -> None:
+    """Register `chordcdn origin` on the subcommand parsers of `tools.cli`."""
+    parser = subparsers.add_parser("origin", help="serve a directory over HTTP and publish its files into the ring")
+    parser.add_argument("--root", required=True, metavar="DIR", help="the directory to serve")
+    parser.add_argument("--listen", type=address, required=True, metavar="HOST:PORT", help="port 0 picks a free one")
+    parser.add_argument("--dht", type=address, metavar="HOST:PORT", help="any ring node; publish every file through it")
+    parser.add_argument(
+        "--cache-control", type=_rule, action="append", default=[], metavar="PREFIX=VALUE",
+        help="Cache-Control for paths starting with PREFIX (repeatable; the longest prefix wins; "
+        'default "public, max-age=60")',
+    )
+    parser.add_argument("--rescan", type=positive(), default=DEFAULT_RESCAN, metavar="SECONDS",
+                        help="how often to look for changed files to publish again")
+    parser.set_defaults(run=cmd_origin)
+
+
+def cmd_origin(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM or Ctrl-C; the ready line goes to stdout, like `chordcdn
+    node`'s. A missing root is a ValueError, which `tools.cli.main` exits 2 on."""
+    if not os.path.isdir(args.root):
+        raise ValueError(f"--root {args.root}: no such directory")
+    config = OriginConfig(Path(args.root), tuple(args.cache_control), rescan=args.rescan)
+    host, port = split_address(args.listen)
+    try:
+        trio.run(_serve_until_signal, config, host, port, args.dht)
+    except* OSError as group:
+        log.error("cannot listen on %s: %s", args.listen, _first_leaf(group))
+        exit_code = EXIT_CANNOT_LISTEN
+    else:
+        exit_code = 0
+    return exit_code
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+async def _serve_until_signal(config: OriginConfig, host: str, port: int, dht: str | None) -> None:
+    async with trio.open_nursery() as nursery:
+        running: RunningOrigin = await nursery.start(run_origin, config, host, port, dht)
+        publishing = f", publishing via {dht}" if dht else ""
+        print(f"origin serving {config.root}, listening on {host}:{running.port}{publishing}", flush=True)
+        signum = await wait_for_signal()
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        nursery.cancel_scope.cancel()
