@@ -19,7 +19,7 @@ import trio
 from dht.client import DhtClient
 from dht.tcp import open_tcp_transport, split_address
 from edge.httpserver import Limits, bound_port, serve_http
-from tools.argtypes import address, positive
+from tools.argtypes import address, checked, positive
 from tools.noderun import wait_for_signal
 
 from .server import DEFAULT_RESCAN, Origin, OriginConfig, parse_cache_control_rule
@@ -78,13 +78,6 @@ async def _log_stats(origin: Origin) -> None:
 # -- the command ----------------------------------------------------------------------
 
 
-def _rule(text: str) -> tuple[str, str]:
-    try:
-        return parse_cache_control_rule(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_origin_command(subparsers: Any) -> None:
     """Register `chordcdn origin` on the subcommand parsers of `tools.cli`."""
     parser = subparsers.add_parser("origin", help="serve a directory over HTTP and publish its files into the ring")
@@ -92,7 +85,7 @@ def add_origin_command(subparsers: Any) -> None:
     parser.add_argument("--listen", type=address, required=True, metavar="HOST:PORT", help="port 0 picks a free one")
     parser.add_argument("--dht", type=address, metavar="HOST:PORT", help="any ring node; publish every file through it")
     parser.add_argument(
-        "--cache-control", type=_rule, action="append", default=[], metavar="PREFIX=VALUE",
+        "--cache-control", type=checked(parse_cache_control_rule), action="append", default=[], metavar="PREFIX=VALUE",
         help="Cache-Control for paths starting with PREFIX (repeatable; the longest prefix wins; "
         'default "public, max-age=60")',
     )

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from typing import Callable, TypeVar
 
 from dht.tcp import split_address
+
+T = TypeVar("T")
 
 
 def integer(low: int, high: int) -> Callable[[str], int]:
@@ -51,10 +53,22 @@ def byte_size(text: str) -> int:
     return int(value * _UNITS[unit])
 
 
-def address(text: str) -> str:
-    """HOST:PORT, checked."""
-    try:
-        split_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def checked(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a parser that raises ValueError with the reason."""
+
+    def check(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return check
+
+
+def _checked_address(text: str) -> str:
+    split_address(text)
     return text
+
+
+address = checked(_checked_address)  # HOST:PORT
+host_and_port = checked(split_address)

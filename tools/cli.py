@@ -29,7 +29,7 @@ from dht.tcp import open_tcp_transport
 from origin.run import add_origin_command
 
 from . import files, sim, simreport
-from .argtypes import address, integer, positive
+from .argtypes import address, checked, integer, positive
 from .cdndemo import run_cdn_demo
 from .edgerun import add_edge_command
 from .simevents import load_events
@@ -48,17 +48,7 @@ class CliError(Exception):
         self.code = code
 
 
-def _checked(parse: Any) -> Any:
-    def check(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return check
-
-
-duration, fraction, rate = _checked(parse_duration), _checked(parse_fraction), _checked(parse_rate)
+duration, fraction, rate = checked(parse_duration), checked(parse_fraction), checked(parse_rate)
 
 
 def chunk_size(text: str) -> int:

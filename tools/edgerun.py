@@ -15,12 +15,12 @@ from urllib.parse import urlsplit
 
 import trio
 
-from dht.tcp import open_tcp_transport, split_address
+from dht.tcp import open_tcp_transport
 from edge.httpserver import Limits, Request, Response, bound_port, serve_http
 from edge.proxy import Edge, EdgeConfig
 from edge.upstream import DhtSource
 
-from .argtypes import byte_size, positive
+from .argtypes import address, byte_size, host_and_port, positive
 from .noderun import wait_for_signal
 
 log = logging.getLogger(__name__)
@@ -53,19 +53,12 @@ def disk_cache(text: str) -> tuple[str, int]:
     return directory, byte_size(size)
 
 
-def listen_address(text: str) -> tuple[str, int]:
-    try:
-        return split_address(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_edge_command(commands: Any) -> None:
     edge = commands.add_parser("edge", help="run a caching HTTP edge in the foreground")
-    edge.add_argument("--listen", type=listen_address, required=True, metavar="HOST:PORT")
+    edge.add_argument("--listen", type=host_and_port, required=True, metavar="HOST:PORT")
     edge.add_argument("--name", required=True, help="this edge's name on the edges' hash ring")
     edge.add_argument("--origin", type=url, required=True, metavar="URL")
-    edge.add_argument("--dht", metavar="HOST:PORT", help="a ring node to read bodies from by CID")
+    edge.add_argument("--dht", type=address, metavar="HOST:PORT", help="a ring node to read bodies from by CID")
     edge.add_argument("--peers", type=peers, default={}, metavar="NAME=URL,...", help="the other edges of the cluster")
     edge.add_argument("--parent", type=url, metavar="URL", help="a parent edge to ask before the DHT and the origin")
     edge.add_argument("--mem-cache", type=byte_size, default=256 * 1024**2, metavar="SIZE", help="memory tier budget (default 256MiB)")
@@ -75,8 +68,6 @@ def add_edge_command(commands: Any) -> None:
 
 
 def cmd_edge(args: argparse.Namespace) -> int:
-    if args.dht:
-        split_address(args.dht)
     config = EdgeConfig(
         name=args.name,
         origin=args.origin,

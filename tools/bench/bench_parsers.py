@@ -153,12 +153,10 @@ class HttptoolsRequests:
         """Parse what arrived; return the responses to send (every complete request's)."""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.out.append(BAD_REQUEST)
-            self.closing = True
-        except httptools.HttpParserError:
-            self.out.append(BAD_REQUEST)
-            self.closing = True
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):  # no upgrades here
+            if not self.closing:  # llhttp also refuses data after a request that closes
+                self.out.append(BAD_REQUEST)
+                self.closing = True
         out = b"".join(self.out)
         self.out.clear()
         return out
@@ -184,19 +182,16 @@ HANDLERS: dict[str, Callable[[trio.SocketStream], Awaitable[None]]] = {"h11": se
 
 
 async def serve(kind: str, lifetime: float) -> None:
-    """The server process: listen on a free loopback port, print it, serve until SIGTERM."""
-    with trio.move_on_after(lifetime):
+    """The server process: listen on a free loopback port, print it, serve until SIGTERM
+    or SIGINT (caught here, so it works even where SIGINT was ignored at start)."""
+    with trio.move_on_after(lifetime), trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(functools.partial(trio.serve_tcp, HANDLERS[kind], 0, host="127.0.0.1"))
             port = listeners[0].socket.getsockname()[1]
             print(f"{kind} listening on 127.0.0.1:{port}", flush=True)
-
-
-def serve_main(kind: str) -> int:
-    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    with contextlib.suppress(KeyboardInterrupt):
-        trio.run(serve, kind, SERVER_LIFETIME)
-    return 0
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
 
 
 # -- checking a server before loading it ---------------------------------------------------------
@@ -334,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.serve:
-        return serve_main(args.serve)
+        trio.run(serve, args.serve, SERVER_LIFETIME)
+        return 0
     if args.connections < args.threads:
         build_parser().error("--connections must be at least --threads")
     data, code = run_interruptibly("bench_parsers", lambda: run(args), (BenchError, OSError), "servers")
