@@ -129,11 +129,15 @@ class Edge:
             if stored.fresh(now) and "no-cache" not in parse_cache_control(request.headers.get_all("cache-control")):
                 self.metrics.hit(tier)
                 return self._tag(represent(request, self._with_age(stored, now), source), "hit", tier)
+        stale = found[1] if found else None
         fetch = self.inflight.get(key)
         if fetch is None:
-            fetch = self._start_fetch(key, request, found[1] if found else None)
+            fetch = self._start_fetch(key, request, stale)
         else:
             self.metrics.collapsed()
+            await fetch.ready.wait()
+            if not fetch.shareable:  # private or no-store: meant only for the one who asked
+                fetch = self._start_fetch(key, request, stale, shared=False)
         await fetch.ready.wait()
         return await self._from_fetch(request, fetch, found)
 
@@ -175,9 +179,10 @@ class Edge:
             return self._tag(Response(answer.status, [*answer.headers, *length], fetch.spool.reader()), tier_status, answer.tier)
         return self._tag(represent(request, answer.headers, SpoolBody(fetch.spool, size)), tier_status, answer.tier)
 
-    def _start_fetch(self, key: str, request: Request, stale: Stored | None) -> Fetch:
+    def _start_fetch(self, key: str, request: Request, stale: Stored | None, shared: bool = True) -> Fetch:
         fetch = Fetch(key)
-        self.inflight[key] = fetch
+        if shared:
+            self.inflight[key] = fetch
         self.nursery.start_soon(self._lead, fetch, request, stale)
         return fetch
 
@@ -190,6 +195,7 @@ class Edge:
                     fetch.stored = stale
                     return
                 fetch.answer, fetch.spool = answer, Spool()
+                fetch.shareable = not {"private", "no-store"} & parse_cache_control(field_values(answer.headers, "cache-control")).keys()
                 self.metrics.upstream(answer.tier)
                 fetch.ready.set()
                 await answer.pump(self._spool_writer(fetch.spool, answer.tier))
@@ -206,7 +212,8 @@ class Edge:
             if fetch.spool is not None:
                 fetch.spool.finish(exc)
         finally:
-            self.inflight.pop(fetch.key, None)
+            if self.inflight.get(fetch.key) is fetch:
+                del self.inflight[fetch.key]
             fetch.ready.set()
 
     def _spool_writer(self, spool: Spool, tier: str):  # type: ignore[no-untyped-def]

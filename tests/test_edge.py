@@ -225,3 +225,17 @@ async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery, o
     assert answer.count(b"HTTP/1.1 200 OK") == 3
     bodies = [part.split(b"\r\n\r\n", 1)[1][:2] for part in answer.split(b"HTTP/1.1 200 OK")[1:]]
     assert [body.rstrip(b"H") for body in bodies] == [b"1", b"22", b"1"]
+
+
+async def test_a_private_answer_goes_only_to_the_request_that_asked(nursery: trio.Nursery, origin: CountingOrigin) -> None:
+    origin.add("/me", b"alice's page", cache_control="private")
+    origin.add("/all", b"everyone's page", cache_control="public, max-age=60")
+    origin.delay = 0.3  # the second request arrives while the first fetch is open
+    (edge,) = await start_edges(nursery, origin.url, 1)
+    async with trio.open_nursery() as requests:
+        for path in ("/me", "/me", "/all", "/all"):
+            requests.start_soon(get, edge_url(edge) + path)
+            await trio.sleep(0.05)
+    assert origin.requests["GET", "/me"] == 2  # each got its own answer
+    assert origin.requests["GET", "/all"] == 1  # collapsed
+    assert "/me" not in edge.memory.lru  # never stored
