@@ -303,12 +303,15 @@ def render(data: dict[str, Any]) -> list[str]:
     lines = [
         f"bare trio HTTP servers, 1 KiB body; wrk -t{w['threads']} -c{w['connections']} -d{w['duration_s']:g}s; median of {data['rounds']} rounds",
         "",
-        f"{'parser':10} {'req/s':>10} {'p50 us':>8} {'p99 us':>8} {'errors':>7}",
+        f"{'parser':10} {'req/s':>10} {'p50 us':>8} {'p99 us':>8} {'errors':>7} {'wrk cpu':>8}",
     ]
     for kind in KINDS:
         s = data[kind]
-        lines.append(f"{kind:10} {s['requests_per_s']:>10,.0f} {s['latency_p50_us'] or 0:>8.0f} {s['latency_p99_us'] or 0:>8.0f} {s['errors']:>7}")
+        lines.append(
+            f"{kind:10} {s['requests_per_s']:>10,.0f} {s['latency_p50_us'] or 0:>8.0f} {s['latency_p99_us'] or 0:>8.0f} {s['errors']:>7} {s['client_cpu'] or 0:>8.2f}"
+        )
     lines.append(f"httptools/h11: {data['ratio_httptools_over_h11_requests_per_s']:.2f}x req/s")
+    lines.append(f"wrk cpu: wrk's CPU seconds per second; near {w['threads']} (its -t), the load generator, not the server, was the limit.")
     unclean = {name: e for name, e in data["server_exits"].items() if e["code"] != 0 or e["killed"]}
     if unclean:
         lines.append(f"servers that did not exit cleanly after SIGTERM: {unclean}")

@@ -16,6 +16,7 @@ import contextlib
 import http.client
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -207,6 +208,7 @@ class WrkResult:
     latency_percentiles_us: dict[str, float] = field(default_factory=dict)  # "50", "75", "90", "99"
     non_2xx_3xx: int = 0
     socket_errors: dict[str, int] = field(default_factory=dict)  # connect, read, write, timeout
+    client_cpu: float | None = None  # wrk's CPU seconds per second of wall time: near -t, wrk was the limit
 
     @property
     def errors(self) -> int:
@@ -299,13 +301,19 @@ def wrk_argv(url: str, *, threads: int, connections: int, duration: float, wrk: 
 def run_wrk(url: str, *, threads: int, connections: int, duration: float, wrk: str | None = None, extra: Sequence[str] = ()) -> WrkResult:
     """One wrk run against url; raise BenchError if it fails or completes no request."""
     argv = wrk_argv(url, threads=threads, connections=connections, duration=duration, wrk=wrk, extra=extra)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # children reaped meanwhile: wrk alone
+    started = time.monotonic()
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=duration + 60, check=False)
     except subprocess.TimeoutExpired:
         raise BenchError(f"wrk did not finish within {duration + 60:g} s: {' '.join(argv)}") from None
     if done.returncode != 0:
         raise BenchError(f"wrk exited with code {done.returncode}: {(done.stderr or done.stdout).strip()[-2000:]}")
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = parse_wrk(done.stdout)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    result.client_cpu = cpu / wall if wall > 0 else None
     if result.requests_per_s <= 0:
         raise BenchError(f"wrk completed no request against {url}: {done.stdout.strip()[-2000:]}")
     return result
@@ -338,6 +346,7 @@ def summarize(results: Sequence[WrkResult]) -> dict[str, Any] | None:
         "transfer_mib_per_s": median(r.transfer_mib_per_s for r in results),
         "latency_p50_us": median(p50) if p50 else None,
         "latency_p99_us": median(p99) if p99 else None,
+        "client_cpu": median(cpus) if (cpus := [r.client_cpu for r in results if r.client_cpu is not None]) else None,
         "errors": sum(r.errors for r in results),
         "rounds": [r.to_json() for r in results],
     }
