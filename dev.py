@@ -2,7 +2,7 @@
 
     python3 dev.py demo [ARGS...]    # chordcdn demo
     python3 dev.py test [ARGS...]    # pytest
-    python3 dev.py bench             # tools/bench, with the peer (kademlia) installed
+    python3 dev.py bench             # tools/bench, with the peers (kademlia; nginx and wrk from Debian)
 
 Needs only Python 3.11+ with pip: it creates .venv beside this file and installs the
 project into it, again whenever pyproject.toml changes.
@@ -44,7 +44,7 @@ def main() -> None:
     os.chdir(ROOT)
     if command == "bench":
         ensure_env("test,bench")
-        for bench in ("bench_hops", "bench_rpc", "bench_store"):
+        for bench in ("bench_hops", "bench_rpc", "bench_store", "bench_parsers", "bench_edge", "bench_offload"):
             subprocess.run([str(PYTHON), "-m", f"tools.bench.{bench}", *rest], check=True)
         return
     ensure_env("test")
