@@ -239,3 +239,16 @@ async def test_a_private_answer_goes_only_to_the_request_that_asked(nursery: tri
     assert origin.requests["GET", "/me"] == 2  # each got its own answer
     assert origin.requests["GET", "/all"] == 1  # collapsed
     assert "/me" not in edge.memory.lru  # never stored
+
+
+async def test_a_parent_edge_is_asked_before_the_origin(nursery: trio.Nursery, origin: CountingOrigin) -> None:
+    origin.add("/p", SMALL)
+    (parent,) = await start_edges(nursery, origin.url, 1)
+    (child,) = await start_edges(nursery, origin.url, 1, parent=edge_url(parent))
+    first = await get(edge_url(child) + "/p")
+    assert first.content == SMALL and tier_of(first) == "parent"
+    assert first.headers.get_list("cache-status")[0].startswith("e0; fwd=uri-miss")  # the parent went to the origin
+    second_child = await start_edges(nursery, origin.url, 1, parent=edge_url(parent))
+    again = await get(edge_url(second_child[0]) + "/p")
+    assert tier_of(again) == "parent" and again.headers.get_list("cache-status")[0] == "e0; hit; detail=memory"
+    assert origin.bodies_served["/p"] == 1
