@@ -209,14 +209,15 @@ def _reason(status: int) -> bytes:
         return b"Unknown"
 
 
+@functools.lru_cache(maxsize=64)
+def _status_line(status: int) -> bytes:
+    return b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+
+
 def _head(response: Response, keep_alive: bool, framing: list[tuple[str, str]]) -> bytes:
-    lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, _reason(response.status)), _date_header(int(time.time()))]
-    for name, value in (*response.headers, *framing):
-        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-    if not keep_alive:
-        lines.append(b"Connection: close\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+    fields = "".join([f"{name}: {value}\r\n" for name, value in (*response.headers, *framing)])
+    close = b"" if keep_alive else b"Connection: close\r\n"
+    return b"".join((_status_line(response.status), _date_header(int(time.time())), fields.encode("latin-1"), close, b"\r\n"))
 
 
 class SocketChannel:

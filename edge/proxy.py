@@ -98,11 +98,12 @@ class Edge:
 
     async def handle(self, request: Request) -> Response:
         self.metrics.request(request.method)
-        if request.path == "/metrics" and request.method == "GET":
+        target = request.target  # the decoded path is built only when needed
+        if target.startswith("/metrics") and request.path == "/metrics" and request.method == "GET":
             return Response(200, [("Content-Type", self.metrics.content_type)], self.metrics.render())
         if request.method not in ("GET", "HEAD"):
             return self._tag(simple_response(405, "this edge serves GET and HEAD", [("Allow", "GET, HEAD")]), "fwd=method")
-        if request.path.startswith("/cid/"):
+        if target.startswith("/cid/"):
             return await self._serve_cid(request, request.path[5:])
         return await self._serve_cached(request)
 
