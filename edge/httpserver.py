@@ -25,6 +25,8 @@ from urllib.parse import unquote
 import httptools
 import trio
 
+from .policy import first_value
+
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
@@ -105,11 +107,7 @@ class Response:
     body: Body = b""
 
     def header(self, name: str) -> str | None:
-        name = name.lower()
-        for key, value in self.headers:
-            if key.lower() == name:
-                return value
-        return None
+        return first_value(self.headers, name)
 
 
 Handler = Callable[[Request], Awaitable[Response]]

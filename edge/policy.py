@@ -66,6 +66,12 @@ def field_values(headers: Fields, name: str) -> list[str]:
     return [value for key, value in headers if key.lower() == name]
 
 
+def first_value(headers: Fields, name: str) -> str | None:
+    """The first value of a field, or None."""
+    name = name.lower()
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
 def end_to_end(headers: Fields) -> list[tuple[str, str]]:
     """The fields a proxy passes on or stores: without hop-by-hop fields, nor those
     the Connection field names (RFC 9110 §7.6.1)."""

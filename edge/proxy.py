@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 import trio
@@ -23,11 +23,11 @@ from dht.merkle import BadCid, parse_cid
 from .hashring import HashRing
 from .httpserver import Request, Response, simple_response
 from .metrics import EdgeMetrics
-from .policy import end_to_end, field_values, freshness, parse_cache_control, storable
-from .represent import BytesBody, SpoolBody, represent
-from .spool import Spool, UpstreamFailed
+from .policy import end_to_end, field_values, first_value, freshness, parse_cache_control, storable
+from .represent import SpoolBody, represent
+from .spool import Spool
 from .tiers import DiskTier, MemoryTier, Stored
-from .upstream import EDGE_HEADER, Answer, DhtSource, HttpUpstream, UpstreamError, forwarded_fields
+from .upstream import EDGE_HEADER, Answer, DhtSource, HttpUpstream, UpstreamError, forwarded_fields, raw_fields
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class Edge:
         self.config = config
         self.nursery = nursery
         self.dht = dht
-        self.ring = HashRing(sorted({config.name, *config.peers}), vnodes=config.vnodes)
+        self.set_peers(config.peers)
         self.memory = MemoryTier(config.memory_budget)
         self.disk = DiskTier(config.disk_dir, config.disk_budget) if config.disk_dir else None
         self.http = HttpUpstream(config.upstream_timeout)
@@ -85,8 +85,8 @@ class Edge:
         self.port = 0  # set by whoever binds the listener
 
     def set_peers(self, peers: dict[str, str]) -> None:
-        """Replace the cluster's other edges (name → base URL)."""
-        self.config.peers = {name: url.rstrip("/") for name, url in peers.items() if name != self.config.name}
+        """Replace the cluster's other edges (name → base URL; this edge may be named)."""
+        self.config = replace(self.config, peers={name: url for name, url in peers.items() if name != self.config.name})
         self.ring = HashRing(sorted({self.config.name, *self.config.peers}), vnodes=self.config.vnodes)
 
     async def aclose(self) -> None:
@@ -229,9 +229,8 @@ class Edge:
 
     async def _first_answer(self, request: Request, stale: Stored | None, stack: AsyncExitStack) -> Answer | None:
         """Ask the tiers above us in order; None means the stale copy was revalidated."""
-        from_edge = EDGE_HEADER.lower() in {k.lower() for k, _ in request.headers.items()}
         fields = forwarded_fields(request.headers.items(), None)
-        if not from_edge:
+        if EDGE_HEADER not in request.headers:
             answer = await self._from_peers(request, fields, stack)
             if answer is not None:
                 return answer
@@ -256,9 +255,6 @@ class Edge:
                 log.info("edge %s: peer %s is down (%s); trying the next", self.config.name, name, exc)
                 continue
             stack.push_async_callback(close)
-            answer.headers = [(k, v) for k, v in answer.headers if k.lower() != "cache-status"] + [
-                (k, v) for k, v in answer.headers if k.lower() == "cache-status"
-            ]
             return answer
         return None
 
@@ -270,7 +266,7 @@ class Edge:
         if self.dht is not None:
             probe = await self.http.head(origin_url, conditional)
             if probe.status_code == 304 and stale is not None:
-                self._refresh(request.target, stale, _raw_fields(probe.headers.raw))
+                self._refresh(request.target, stale, raw_fields(probe.headers.raw))
                 return None
             answer = await self._from_dht(probe)
             if answer is not None:
@@ -293,7 +289,7 @@ class Edge:
         except ChordError as exc:
             log.info("edge %s: CID %s not in the ring (%s); going to the origin", self.config.name, cid[:16], exc)
             return None
-        headers = end_to_end(_raw_fields(probe.headers.raw))
+        headers = end_to_end(raw_fields(probe.headers.raw))
         return Answer(200, headers, size, "dht", lambda sink: dht.pump(cid, sink))
 
     @staticmethod
@@ -306,10 +302,7 @@ class Edge:
         return fields
 
     def _refresh(self, key: str, stale: Stored, headers: list[tuple[str, str]]) -> None:
-        updated = [(k, v) for k, v in headers if k.lower() not in NOT_STORED]
-        merged_fields = [(k, v) for k, v in stale.headers if k.lower() not in {n.lower() for n, _ in updated}] + updated
-        rules = freshness(merged_fields)
-        stored = stale.refreshed(time.time(), updated, rules.lifetime)
+        stored = stale.refreshed(time.time(), [(k, v) for k, v in headers if k.lower() not in NOT_STORED])
         self.memory.update(key, stored)
         if self.disk is not None:
             self.nursery.start_soon(self.disk.update, key, stored)
@@ -327,7 +320,7 @@ class Edge:
             return
         if rules.lifetime <= 0 and not field_values(headers, "etag"):
             return
-        cid = next(iter(field_values(headers, CID_HEADER.lower())), None)
+        cid = first_value(headers, CID_HEADER)
         stored = Stored(headers, spool.size, time.time(), rules.lifetime, rules.must_revalidate, cid)
         if self.memory.fits(spool.size):
             self.memory.put(key, stored, spool.read_all())
@@ -358,10 +351,6 @@ class Edge:
         return self._tag(represent(request, headers, _DhtBody(self, text, size)), "fwd=uri-miss", "dht")
 
 
-def _raw_fields(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-
-
 class _DhtBody:
     """A file in the ring as a BodySource: each span fetches only its leaves."""
 
@@ -372,5 +361,3 @@ class _DhtBody:
         assert self.edge.dht is not None
         return self.edge.dht.span(self.edge.nursery, self.cid, start, end)
 
-
-__all__ = ["Edge", "EdgeConfig", "UpstreamFailed", "BytesBody"]

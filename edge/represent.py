@@ -12,6 +12,7 @@ import os
 from typing import AsyncIterator, Protocol
 
 from .httpserver import Request, Response, simple_response
+from .policy import first_value
 from .ranges import ByteRange, RangeNotSatisfiable, new_boundary, parse_range, plan_multipart
 from .spool import Spool
 from .validators import evaluate_preconditions, if_range_allows, parse_http_date
@@ -74,8 +75,8 @@ def represent(request: Request, headers: list[tuple[str, str]], source: BodySour
     conditional = any(name in request.headers for name in CONDITIONAL_FIELDS)
     if not conditional and "range" not in request.headers:  # the common case, kept short
         return _whole(headers, source, request.method == "HEAD")
-    etag = _field(headers, "etag")
-    last_modified = parse_http_date(_field(headers, "last-modified"))
+    etag = first_value(headers, "etag")
+    last_modified = parse_http_date(first_value(headers, "last-modified"))
     outcome = evaluate_preconditions(request.method, request.headers, etag, last_modified) if conditional else None
     if outcome == 304:
         return Response(304, [(k, v) for k, v in headers if k.lower() in NOT_MODIFIED_FIELDS])
@@ -123,7 +124,7 @@ def _single(headers: list[tuple[str, str]], source: BodySource, part: ByteRange,
 
 
 def _multipart(headers: list[tuple[str, str]], source: BodySource, ranges: list[ByteRange], head: bool) -> Response:
-    plan = plan_multipart(ranges, source.size, _field(headers, "content-type"), new_boundary())
+    plan = plan_multipart(ranges, source.size, first_value(headers, "content-type"), new_boundary())
     fields = [(k, v) for k, v in headers if k.lower() != "content-type"]
     fields += [("Content-Type", plan.content_type), ("Content-Length", str(plan.content_length))]
     if head:
@@ -137,10 +138,3 @@ def _multipart(headers: list[tuple[str, str]], source: BodySource, ranges: list[
         yield plan.epilogue
 
     return Response(206, fields, body())
-
-
-def _field(headers: list[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None

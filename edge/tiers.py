@@ -19,7 +19,8 @@ import diskcache
 import trio
 
 from .memcache import ByteLRU
-from .represent import BodySource, BytesBody, FileBody
+from .policy import freshness
+from .represent import BytesBody, FileBody
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,12 @@ class Stored:
     def fresh(self, now: float) -> bool:
         return now - self.received_at < self.lifetime
 
-    def refreshed(self, now: float, headers: list[tuple[str, str]], lifetime: float) -> "Stored":
-        """After a 304: new age, and the header fields the 304 updated (RFC 9111 §4.3.4)."""
+    def refreshed(self, now: float, headers: list[tuple[str, str]]) -> "Stored":
+        """After a 304: new age, the header fields the 304 updated, and the
+        freshness they now give (RFC 9111 §4.3.4)."""
         updated = {k.lower() for k, _ in headers}
         merged = [(k, v) for k, v in self.headers if k.lower() not in updated] + headers
-        return replace(self, headers=merged, received_at=now, lifetime=lifetime)
+        return replace(self, headers=merged, received_at=now, lifetime=freshness(merged).lifetime)
 
 
 class MemoryTier:
@@ -113,5 +115,3 @@ class DiskTier:
     def close(self) -> None:
         self.cache.close()
 
-
-__all__ = ["BodySource", "DiskTier", "MemoryTier", "Stored"]

@@ -47,6 +47,11 @@ class Answer:
     pump: Callable[[Sink], Awaitable[None]]
 
 
+def raw_fields(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """httpx's raw header pairs as text."""
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
 def forwarded_fields(headers: list[tuple[str, str]], edge_name: str | None) -> list[tuple[str, str]]:
     fields = [(k, v) for k, v in end_to_end(headers) if k.lower() not in NOT_FORWARDED]
     if edge_name is not None:
@@ -67,7 +72,7 @@ class HttpUpstream:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def get(self, url: str, fields: list[tuple[str, str]], tier: str, on_done: Callable[[], Awaitable[None]] | None = None) -> tuple[Answer, Callable[[], Awaitable[None]]]:
+    async def get(self, url: str, fields: list[tuple[str, str]], tier: str) -> tuple[Answer, Callable[[], Awaitable[None]]]:
         """Start a GET; return the answer and a close function the caller must await."""
         request = self.client.build_request("GET", url, headers=fields)
         try:
@@ -88,8 +93,7 @@ class HttpUpstream:
 
         length = response.headers.get("content-length")
         size = int(length) if length and length.isdigit() else None
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw]
-        fields = [(k, v) for k, v in end_to_end(headers) if k.lower() != "content-length"]
+        fields = [(k, v) for k, v in end_to_end(raw_fields(response.headers.raw)) if k.lower() != "content-length"]
         answer = Answer(response.status_code, fields, size, tier, pump)
         return answer, response.aclose
 

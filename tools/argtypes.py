@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from typing import Callable, TypeVar
 
 from dht.tcp import split_address
@@ -41,16 +42,13 @@ _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb":
 
 def byte_size(text: str) -> int:
     """A size such as 4096, 512k, 256MiB or 2GB (k, M, G are powers of 1000; KiB, MiB, GiB of 1024)."""
-    number = text.strip()
-    digits = number.rstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    unit = number[len(digits) :].strip().lower()
-    try:
-        value = float(digits)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not a number with an optional unit (k, M, G, KiB, MiB, GiB)") from None
-    if unit not in _UNITS or value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"size {text!r}: unknown unit {unit!r} (use k, M, G, KiB, MiB or GiB)" if unit not in _UNITS else f"size {text!r} must not be negative")
-    return int(value * _UNITS[unit])
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not a number with an optional unit (k, M, G, KiB, MiB, GiB)")
+    unit = match.group(2).lower()
+    if unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"size {text!r}: unknown unit {unit!r} (use k, M, G, KiB, MiB or GiB)")
+    return int(float(match.group(1)) * _UNITS[unit])
 
 
 def checked(parse: Callable[[str], T]) -> Callable[[str], T]:

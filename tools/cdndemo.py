@@ -62,7 +62,7 @@ async def run_cdn_demo(report: Report, nodes: int = 8, edges: int = 3, once: boo
                 await running.origin.wait_published()
             report(f"published {len(running.origin.published)} files into the ring")
             cluster = await _start_edges(nursery, origin_url, ring, edges, Path(scratch))
-            ok = await _check(cluster, files or {p: 0 for p in running.origin.published}, running.origin.published, report)
+            ok = await _check(cluster, files or {p: 0 for p in running.origin.published}, report)
             _print_tryouts(report, cluster, running.origin.published)
             if not once:
                 report("\nPress Ctrl-C to stop.")
@@ -99,7 +99,7 @@ async def _start_edges(nursery: trio.Nursery, origin_url: str, ring: list[ChordN
     return cluster
 
 
-async def _check(cluster: list[Edge], files: dict[str, int], published: dict[str, str], report: Report) -> bool:
+async def _check(cluster: list[Edge], files: dict[str, int], report: Report) -> bool:
     """Fetch every file through the edges twice and report which tier answered."""
     ok = True
     async with httpx.AsyncClient(timeout=30) as http:

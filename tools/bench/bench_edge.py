@@ -51,9 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from tools.argtypes import integer, positive
 from tools.bench.common import run_interruptibly
 from tools.bench.httpbench import (
+    add_wrk_arguments,
     BenchError,
     Child,
     WrkResult,
@@ -74,7 +74,6 @@ BARS = {"1KiB": ("requests_per_s", 0.30), "1MiB": ("transfer_mib_per_s", 0.75)} 
 HEADLINE = "nginx"  # the nginx with one worker
 ORIGIN_CACHE_CONTROL = "/=public, max-age=86400"  # our origin's default max-age=60 would expire entries mid-run
 WARM_TRIES = 5
-MAX_DURATION, MAX_ROUNDS = 600.0, 100
 NGINX_MISSING = "nginx is not installed: install it with `apt-get install -y nginx` (Debian's package) and run again"
 
 
@@ -456,10 +455,7 @@ def render(data: dict[str, Any]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_edge", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=integer(1, MAX_ROUNDS), default=3, help="wrk runs per server and object; the report takes the median")
-    parser.add_argument("--duration", type=positive(MAX_DURATION), default=5.0, metavar="S", help="seconds per wrk run (wrk -d)")
-    parser.add_argument("--threads", type=integer(1, 64), default=1, help="wrk threads (wrk -t)")
-    parser.add_argument("--connections", type=integer(1, 10000), default=32, help="wrk connections (wrk -c)")
+    add_wrk_arguments(parser, "wrk runs per server and object; the report takes the median")
     parser.add_argument("--origin-cmd", choices=("chordcdn", "stdlib"), default="chordcdn",
                         help="the origin: `chordcdn origin` (default) or Python's http.server as a stand-in (with Cache-Control)")  # fmt: skip
     parser.add_argument("--no-nginx-auto", dest="nginx_auto", action="store_false", help="skip nginx with worker_processes auto")

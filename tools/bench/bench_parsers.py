@@ -43,9 +43,8 @@ import h11
 import httptools
 import trio
 
-from tools.argtypes import integer, positive
 from tools.bench.common import run_interruptibly
-from tools.bench.httpbench import BenchError, child_process, find_wrk, run_wrk, summarize, wrk_version
+from tools.bench.httpbench import BenchError, add_wrk_arguments, child_process, find_wrk, run_wrk, summarize, wrk_version
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("h11", "httptools")
@@ -53,7 +52,6 @@ BODY = bytes(range(256)) * 4  # 1 KiB
 CONTENT_TYPE = b"application/octet-stream"
 RECEIVE_SIZE = 65536
 READY = re.compile(r"(\S+) listening on 127\.0\.0\.1:([0-9]+)")
-MAX_DURATION, MAX_ROUNDS = 600.0, 100
 SERVER_LIFETIME = 3600.0  # a server exits by itself after this, should we die without stopping it
 
 
@@ -321,10 +319,7 @@ def render(data: dict[str, Any]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_parsers", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=integer(1, MAX_ROUNDS), default=3, help="wrk runs per server; the report takes the median")
-    parser.add_argument("--duration", type=positive(MAX_DURATION), default=5.0, metavar="S", help="seconds per wrk run (wrk -d)")
-    parser.add_argument("--threads", type=integer(1, 64), default=1, help="wrk threads (wrk -t)")
-    parser.add_argument("--connections", type=integer(1, 10000), default=32, help="wrk connections (wrk -c)")
+    add_wrk_arguments(parser, "wrk runs per server; the report takes the median")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write every figure to PATH as JSON")
     parser.add_argument("--serve", choices=KINDS, help=argparse.SUPPRESS)
     return parser

@@ -12,6 +12,7 @@ Nothing here prints: the benchmarks report.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.client
 import os
@@ -27,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import median
 from typing import Any, Iterator, Sequence
+
+from tools.argtypes import integer, positive
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
@@ -350,3 +353,14 @@ def summarize(results: Sequence[WrkResult]) -> dict[str, Any] | None:
         "errors": sum(r.errors for r in results),
         "rounds": [r.to_json() for r in results],
     }
+
+
+MAX_DURATION, MAX_ROUNDS = 600.0, 100
+
+
+def add_wrk_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
+    """The wrk options every HTTP benchmark takes: rounds, duration, threads, connections."""
+    parser.add_argument("--rounds", type=integer(1, MAX_ROUNDS), default=3, help=rounds_help)
+    parser.add_argument("--duration", type=positive(MAX_DURATION), default=5.0, metavar="S", help="seconds per wrk run (wrk -d)")
+    parser.add_argument("--threads", type=integer(1, 64), default=1, help="wrk threads (wrk -t)")
+    parser.add_argument("--connections", type=integer(1, 10000), default=32, help="wrk connections (wrk -c)")
