@@ -14,12 +14,13 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import socket
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import AsyncIterable, Awaitable, Callable, Iterable
+from typing import AsyncIterable, Awaitable, Callable, Iterable, KeysView
 from urllib.parse import unquote
 
 import httptools
@@ -67,6 +68,10 @@ class Headers:
     def items(self) -> list[tuple[str, str]]:
         return list(self._fields)
 
+    def names(self) -> KeysView[str]:
+        """The lower-cased names present (a set-like view, for quick membership tests)."""
+        return self._index.keys()
+
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._index
 
@@ -82,6 +87,9 @@ class Request:
     body: bytes = b""
     version: str = "1.1"
     client: str = ""
+    # Sends an interim (1xx) response ahead of the final one, while the request is
+    # being handled; None when the client cannot take one (HTTP/1.0).
+    interim: Callable[[int, list[tuple[str, str]]], Awaitable[None]] | None = None
 
     @functools.cached_property
     def path(self) -> str:
@@ -127,6 +135,13 @@ class _ClientError(Exception):
         self.status = status
 
 
+class _ExtensionMethod(Exception):
+    """llhttp did not know the request's method."""
+
+
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+
+
 class _Parser:
     """httptools callbacks collecting whole requests, with the size limits enforced
     as bytes arrive."""
@@ -136,6 +151,9 @@ class _Parser:
         self.parser = httptools.HttpRequestParser(self)
         self.ready: list[tuple[Request, bool]] = []
         self.in_headers = False
+        self._open_message = False  # between a message's first byte and its end
+        self._method: str | None = None  # an extension method llhttp could not take
+        self.continue_wanted = False  # a client waits for "100 Continue" before its body
         self._reset()
 
     def _reset(self) -> None:
@@ -146,8 +164,33 @@ class _Parser:
         self._body_bytes = 0
 
     def feed(self, data: bytes) -> None:
+        fresh, completed = not self._open_message, len(self.ready)
+        try:
+            self._feed(data)
+        except _ExtensionMethod:
+            if not fresh or len(self.ready) != completed:
+                raise _ClientError(400, "an extension method must start a read of its own") from None
+            self._feed_extension_method(data)
+
+    def _feed_extension_method(self, data: bytes) -> None:
+        """llhttp knows only registered methods; any other token is a valid method
+        (RFC 9110 §9.1) that a proxy passes on. Parse the request under a stand-in
+        method and give it back its own."""
+        method, space, rest = data.partition(b" ")
+        if not space or not _TOKEN.fullmatch(method):
+            raise _ClientError(400, f"malformed request method {method[:40]!r}")
+        self.parser = httptools.HttpRequestParser(self)  # the old one stopped at the error
+        self._method = method.decode("ascii")
+        try:
+            self._feed(b"PUT " + rest)
+        except _ExtensionMethod:
+            raise _ClientError(400, "malformed request after an extension method") from None
+
+    def _feed(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserInvalidMethodError:
+            raise _ExtensionMethod() from None
         except httptools.HttpParserUpgrade:
             raise _ClientError(400, "protocol upgrades are not supported") from None
         except httptools.HttpParserError as exc:
@@ -164,6 +207,7 @@ class _Parser:
 
     def on_message_begin(self) -> None:
         self.in_headers = True
+        self._open_message = True
         self._reset()
 
     def on_url(self, url: bytes) -> None:
@@ -176,6 +220,7 @@ class _Parser:
 
     def on_headers_complete(self) -> None:
         self.in_headers = False
+        self.continue_wanted = any(name.lower() == "expect" and value.strip().lower() == "100-continue" for name, value in self._fields)
 
     def on_body(self, chunk: bytes) -> None:
         self._body_bytes += len(chunk)
@@ -185,8 +230,10 @@ class _Parser:
 
     def on_message_complete(self) -> None:
         parser = self.parser
+        self._open_message = False
+        method, self._method = self._method or parser.get_method().decode("ascii", "replace"), None
         request = Request(
-            method=parser.get_method().decode("ascii", "replace"),
+            method=method,
             target=self._url.decode("latin-1"),
             headers=Headers(self._fields),
             body=b"".join(self._body),
@@ -213,9 +260,12 @@ def _status_line(status: int) -> bytes:
 
 
 def _head(response: Response, keep_alive: bool, framing: list[tuple[str, str]]) -> bytes:
+    """The status line and fields. A Date is added unless the handler gives one (a
+    cache answering from storage sends the stored response's own, RFC 9110 §6.6.1)."""
     fields = "".join([f"{name}: {value}\r\n" for name, value in (*response.headers, *framing)])
     close = b"" if keep_alive else b"Connection: close\r\n"
-    return b"".join((_status_line(response.status), _date_header(int(time.time())), fields.encode("latin-1"), close, b"\r\n"))
+    date = b"" if "\ndate:" in "\n" + fields.lower() else _date_header(int(time.time()))
+    return b"".join((_status_line(response.status), date, fields.encode("latin-1"), close, b"\r\n"))
 
 
 class SocketChannel:
@@ -296,6 +346,8 @@ class HttpConnection:
                 ready, self.parser.ready = self.parser.ready, []
                 for request, keep_alive in ready:
                     request.client = self.client
+                    if request.version == "1.1":
+                        request.interim = self._send_interim
                     if not await self._answer(request, keep_alive):
                         return
         except _ClientError as exc:
@@ -325,6 +377,10 @@ class HttpConnection:
         if not data:
             return False
         self.parser.feed(data)
+        if self.parser.continue_wanted:  # RFC 9110 §10.1.1: let the client send its body
+            self.parser.continue_wanted = False
+            if not self.parser.ready:
+                await self.stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n")
         return True
 
     async def _answer(self, request: Request, keep_alive: bool) -> bool:
@@ -336,6 +392,12 @@ class HttpConnection:
             keep_alive = False
         await self.send(response, keep_alive, head_only=request.method == "HEAD")
         return keep_alive
+
+    async def _send_interim(self, status: int, headers: list[tuple[str, str]]) -> None:
+        if not 100 <= status < 200:
+            raise ValueError(f"{status} is not an interim status")
+        fields = "".join([f"{name}: {value}\r\n" for name, value in headers]).encode("latin-1")
+        await self.stream.send_all(_status_line(status) + fields + b"\r\n")
 
     async def send(self, response: Response, keep_alive: bool, head_only: bool = False) -> None:
         body = response.body

@@ -1,7 +1,8 @@
 """An edge's counters, and `/metrics` in Prometheus text format.
 
-Owns the names: requests by method, hits by tier, upstream fetches by tier,
-collapsed waits, bytes served and origin bytes. Counting is a plain integer add
+Owns the names: requests by method (unknown methods counted as "other"), hits by
+tier, upstream fetches by tier, cache events (revalidations, stale answers,
+requests passed through, invalidations, purges), collapsed waits, bytes served and origin bytes. Counting is a plain integer add
 on the hot path; prometheus_client renders the counts (through a custom
 collector) only when /metrics is read. Each edge has its own registry, so several
 edges in one process (tests, the demo) keep separate counts.
@@ -16,6 +17,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, Metric
 
 TIERS = ("memory", "disk", "peer", "parent", "dht", "origin")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PURGE"})
+# What the cache did beyond a plain hit or fetch.
+EVENTS = ("revalidated", "stale-while-revalidate", "stale-if-error", "passed", "invalidated", "purged")
 
 
 class EdgeMetrics:
@@ -26,6 +30,7 @@ class EdgeMetrics:
         self.requests: Counter[str] = Counter()
         self.hits: Counter[str] = Counter()
         self.upstream_fetches: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
         self.collapsed_waits = 0
         self.served_bytes = 0
         self.origin_body_bytes = 0
@@ -33,13 +38,16 @@ class EdgeMetrics:
         self.registry.register(self)  # type: ignore[arg-type]
 
     def request(self, method: str) -> None:
-        self.requests[method[:32]] += 1
+        self.requests[method if method in METHODS else "other"] += 1
 
     def hit(self, tier: str) -> None:
         self.hits[tier] += 1
 
     def upstream(self, tier: str) -> None:
         self.upstream_fetches[tier] += 1
+
+    def event(self, name: str, count: int = 1) -> None:
+        self.events[name] += count
 
     def collapsed(self) -> None:
         self.collapsed_waits += 1
@@ -54,6 +62,7 @@ class EdgeMetrics:
         yield self._family("chordcdn_edge_requests", "Requests received, by method", "method", self.requests)
         yield self._family("chordcdn_edge_hits", "Requests answered from the edge's own tiers", "tier", self.hits, ("memory", "disk"))
         yield self._family("chordcdn_edge_upstream_fetches", "Fetches from each upstream tier", "tier", self.upstream_fetches, TIERS[2:])
+        yield self._family("chordcdn_edge_cache_events", "Revalidations, stale answers, passed requests, invalidations and purges", "event", self.events, EVENTS)
         for name, text, value in (
             ("chordcdn_edge_collapsed", "Requests that waited on another request's fetch", self.collapsed_waits),
             ("chordcdn_edge_served_bytes", "Body bytes sent to clients", self.served_bytes),

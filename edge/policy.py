@@ -1,29 +1,64 @@
-"""Cache rules for a shared cache (RFC 9111), as pure functions.
+"""Cache rules for a shared cache (RFC 9111, with RFC 5861's stale extensions), as
+pure functions.
 
-Owns the decisions: which response may be stored, how long it stays fresh, whether
-a stale copy may be served, and which header fields are hop-by-hop. No I/O; times
-are passed in as seconds since the epoch.
+Owns every caching decision and nothing else: which response a shared cache may
+store and which of its fields (§3, §3.1, §3.5), how long it stays fresh, explicitly
+or heuristically (§4.2.1, §4.2.2), how old it is (§4.2.3), whether a stored
+response may answer a request given both sides' directives (§4.2.4, §5.2), whether
+it may be served stale after an error (RFC 5861 §4), how a 304 updates it (§3.2),
+which stored responses an unsafe request invalidates (§4.4), and the secondary key
+that Vary names (§4.1). No I/O: times come in as seconds since the epoch.
 """
 
 from __future__ import annotations
 
+import enum
+import math
+import re
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from email.utils import formatdate
+from typing import Iterable, Mapping, Protocol
+from urllib.parse import urljoin, urlsplit
+
+import http_sf
 
 from .validators import parse_http_date
+
+Fields = Iterable[tuple[str, str]]
+Directives = Mapping[str, "str | None"]
 
 # RFC 9110 §7.6.1: fields meaningful only for one connection.
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
 )
+# RFC 9110 §15.1: statuses a cache may store and give heuristic freshness.
+HEURISTICALLY_CACHEABLE = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# Statuses whose semantics this cache implements, for `must-understand` (§5.2.2.3).
+UNDERSTOOD = HEURISTICALLY_CACHEABLE | {302, 303, 307, 400, 403, 500, 502, 503, 504}
+# RFC 9110 §9.2.1.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# Fields a cache keeps out of what it stores: framing it recomputes, the Age it
+# recomputes (§4.2.3), and the Cache-Status of earlier hops (RFC 9211).
+NOT_STORED = frozenset({"content-length", "age", "cache-status"})
+# §3.2: a 304 updates every stored field but these.
+NOT_UPDATED = NOT_STORED | {"content-range"}
 
-Fields = Iterable[tuple[str, str]]
+# Directives whose argument is delta-seconds (an Integer in CDN-Cache-Control).
+INTEGER_DIRECTIVES = frozenset({"max-age", "s-maxage", "stale-while-revalidate", "stale-if-error", "min-fresh", "max-stale"})
+DELTA_SECONDS_CAP = 2**31  # §1.2.2
+HEURISTIC_FRACTION = 0.1  # §4.2.2: "10% of the interval since Last-Modified"
+HEURISTIC_CAP = 86400.0  # a day, so an old file is not kept for months on a guess
+UNBOUNDED = math.inf
+
+
+# -- parsing -----------------------------------------------------------------------------
 
 
 def parse_cache_control(values: Iterable[str]) -> dict[str, str | None]:
     """Directives of one or more Cache-Control field values, names lower-cased
-    (RFC 9111 §5.2). Quoted values are unquoted; the first of a repeated directive
-    wins; members that are not tokens are ignored."""
+    (§5.2: names are case-insensitive; token and quoted-string arguments are both
+    accepted). When a directive repeats, the first occurrence wins (§4.2.1).
+    Members whose name is not a token are ignored."""
     directives: dict[str, str | None] = {}
     for value in values:
         for member in _split_members(value):
@@ -31,34 +66,82 @@ def parse_cache_control(values: Iterable[str]) -> dict[str, str | None]:
             name = name.strip().lower()
             if not name or not name.replace("-", "").replace("_", "").isalnum():
                 continue
-            argument = argument.strip()
-            if len(argument) >= 2 and argument[0] == argument[-1] == '"':
-                argument = argument[1:-1]
-            directives.setdefault(name, argument if sep else None)
+            directives.setdefault(name, _unquote(argument.strip()) if sep else None)
     return directives
 
 
 def _split_members(value: str) -> list[str]:
-    """Split on commas outside quoted strings."""
-    members, current, quoted = [], [], False
+    """Split on commas outside quoted strings, where a backslash escapes the next
+    character (RFC 9110 §5.6.4)."""
+    members, current, quoted, escaped = [], [], False, False
     for char in value:
-        if char == '"':
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
             quoted = not quoted
-        if char == "," and not quoted:
+        elif char == "," and not quoted:
             members.append("".join(current))
             current = []
-        else:
-            current.append(char)
+            continue
+        current.append(char)
     members.append("".join(current))
     return [m for m in members if m.strip()]
 
 
-def delta_seconds(value: str | None) -> int | None:
-    """A delta-seconds argument (RFC 9111 §1.2.2); None when absent or invalid.
-    Values too large to represent are capped at 2**31."""
-    if value is None or not value.isdigit():
+def _unquote(argument: str) -> str:
+    if len(argument) >= 2 and argument[0] == argument[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", argument[1:-1])
+    return argument
+
+
+def cdn_cache_control(values: list[str]) -> dict[str, str | None] | None:
+    """The directives of CDN-Cache-Control (RFC 9213), None when it is absent,
+    empty or not a valid Structured Fields dictionary (§2.1: then it is ignored).
+    A directive whose value has the wrong type is dropped (§2.1), but the field
+    still stands in for Cache-Control; bare names (true) have no argument,
+    integers and strings become the argument text."""
+    if not values:
         return None
-    return min(int(value), 2**31)
+    try:
+        parsed = http_sf.parse(", ".join(values).encode("latin-1"), tltype="dictionary")
+    except (http_sf.StructuredFieldError, UnicodeEncodeError):
+        return None
+    directives: dict[str, str | None] = {}
+    for name, (value, _parameters) in parsed.items():
+        if value is True:
+            directives[name] = None
+        elif isinstance(value, int) and not isinstance(value, bool):
+            directives[name] = str(value) if name in INTEGER_DIRECTIVES else None
+        elif isinstance(value, str) and name not in INTEGER_DIRECTIVES:
+            directives[name] = value
+    return directives if parsed else None
+
+
+def response_directives(headers: list[tuple[str, str]]) -> tuple[dict[str, str | None], bool]:
+    """The directives this cache follows for a response, and whether they came
+    from CDN-Cache-Control: a valid, non-empty CDN-Cache-Control replaces both
+    Cache-Control and Expires (RFC 9213 §2.2)."""
+    targeted = cdn_cache_control(field_values(headers, "cdn-cache-control"))
+    if targeted is not None:
+        return targeted, True
+    return parse_cache_control(field_values(headers, "cache-control")), False
+
+
+def delta_seconds(value: str | None) -> int | None:
+    """A delta-seconds argument (§1.2.2); None when absent or not a non-negative
+    integer. Values too large to represent become 2**31."""
+    if value is None or not (value.isascii() and value.isdigit()):
+        return None
+    return min(int(value), DELTA_SECONDS_CAP)
+
+
+def field_names(argument: str | None) -> frozenset[str]:
+    """The field names of a qualified `no-cache="a, b"` or `private="a"` (§5.2.2.4, §5.2.2.7)."""
+    if not argument:
+        return frozenset()
+    return frozenset(name.strip().lower() for name in argument.split(",") if name.strip())
 
 
 def field_values(headers: Fields, name: str) -> list[str]:
@@ -72,58 +155,305 @@ def first_value(headers: Fields, name: str) -> str | None:
     return next((value for key, value in headers if key.lower() == name), None)
 
 
+def list_members(values: Iterable[str]) -> list[str]:
+    """The members of a comma-separated list field, over all its field lines."""
+    return [member.strip() for value in values for member in value.split(",") if member.strip()]
+
+
 def end_to_end(headers: Fields) -> list[tuple[str, str]]:
     """The fields a proxy passes on or stores: without hop-by-hop fields, nor those
     the Connection field names (RFC 9110 §7.6.1)."""
     headers = list(headers)
-    named = {token.strip().lower() for value in field_values(headers, "connection") for token in value.split(",")}
+    named = {member.lower() for member in list_members(field_values(headers, "connection"))}
     return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
 
 
+# -- the request's side ------------------------------------------------------------------
+
+
+class RequestHeaders(Protocol):
+    def get_all(self, name: str) -> list[str]: ...
+
+    def __contains__(self, name: object) -> bool: ...
+
+
 @dataclass(frozen=True)
-class Freshness:
-    """What a stored response's own headers say about its reuse."""
+class RequestRules:
+    """What a request's Cache-Control (or Pragma) asks of the cache (§5.2.1)."""
+
+    no_cache: bool = False
+    no_store: bool = False
+    max_age: float | None = None
+    max_stale: float | None = None  # UNBOUNDED for a bare max-stale
+    min_fresh: float | None = None
+    only_if_cached: bool = False
+    stale_if_error: float | None = None  # RFC 5861 §4, the client's side
+
+
+NO_REQUEST_RULES = RequestRules()
+
+
+def request_rules(headers: RequestHeaders) -> RequestRules:
+    """The request directives. `Pragma: no-cache` counts as `no-cache` only when the
+    request has no Cache-Control (§5.4). An invalid argument is treated as the
+    most conservative reading: max-age=0, min-fresh ignored, max-stale=0."""
+    if "cache-control" not in headers:
+        if "pragma" in headers and "no-cache" in [m.lower() for m in list_members(headers.get_all("pragma"))]:
+            return RequestRules(no_cache=True)
+        return NO_REQUEST_RULES
+    directives = parse_cache_control(headers.get_all("cache-control"))
+    max_stale: float | None = None
+    if "max-stale" in directives:
+        argument = directives["max-stale"]
+        max_stale = UNBOUNDED if argument is None else float(delta_seconds(argument) or 0)
+    return RequestRules(
+        no_cache="no-cache" in directives,
+        no_store="no-store" in directives,
+        max_age=_argument(directives, "max-age", invalid=0.0),
+        max_stale=max_stale,
+        min_fresh=_argument(directives, "min-fresh", invalid=None),
+        only_if_cached="only-if-cached" in directives,
+        stale_if_error=_argument(directives, "stale-if-error", invalid=None),
+    )
+
+
+def _argument(directives: Directives, name: str, invalid: float | None) -> float | None:
+    if name not in directives:
+        return None
+    value = delta_seconds(directives[name])
+    return invalid if value is None else float(value)
+
+
+# -- the response's side: storing --------------------------------------------------------
+
+
+def storable(method: str, status: int, request: RequestRules, headers: Fields, has_authorization: bool, lifetime: float) -> bool:
+    """May a shared cache store this response (§3)? Only final responses to GET;
+    never a 206 (this cache keeps whole representations only) nor a 304; not
+    when either side says no-store (unless must-understand is honoured, §5.2.2.3)
+    nor private; for a request with Authorization, only when the response allows
+    it (§3.5); only with explicit freshness, `public`, or a heuristically
+    cacheable status; and not when it could never be reused: `Vary: *` (§4.1),
+    or no freshness left and no validator to revalidate it with."""
+    if method != "GET" or status < 200 or status in (206, 304):
+        return False
+    headers = list(headers)
+    directives, targeted = response_directives(headers)
+    if "must-understand" in directives:
+        if status not in UNDERSTOOD:
+            return False
+    elif "no-store" in directives:
+        return False
+    if request.no_store or ("private" in directives and directives["private"] is None):
+        return False
+    if has_authorization and not {"public", "s-maxage", "must-revalidate"} & directives.keys():
+        return False
+    if "*" in list_members(field_values(headers, "vary")):
+        return False  # it could never be reused (§4.1)
+    expires = not targeted and first_value(headers, "expires") is not None
+    if not ({"public", "max-age", "s-maxage"} & directives.keys() or expires or status in HEURISTICALLY_CACHEABLE):
+        return False
+    return lifetime > 0 or bool(validators_of(headers))
+
+
+def stored_fields(headers: list[tuple[str, str]], received_at: float) -> list[tuple[str, str]]:
+    """The fields kept with a stored response (§3.1): all end-to-end ones but those
+    that `private="..."` (for a shared cache) or `no-cache="..."` name (those may
+    not be reused without revalidation, §5.2.2.4, so they are not kept), and with a
+    Date added when the upstream sent none (RFC 9110 §6.6.1)."""
+    directives, _ = response_directives(headers)
+    dropped = NOT_STORED | field_names(directives.get("private")) | field_names(directives.get("no-cache"))
+    kept = [(k, v) for k, v in end_to_end(headers) if k.lower() not in dropped]
+    if first_value(kept, "date") is None:
+        kept.append(("Date", http_date(received_at)))
+    return kept
+
+
+def http_date(timestamp: float) -> str:
+    return formatdate(timestamp, usegmt=True)
+
+
+# -- freshness and age -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResponseRules:
+    """What a stored response's own fields say about reusing it."""
 
     lifetime: float
-    must_revalidate: bool
-    no_cache: bool
+    heuristic: bool = False
+    must_revalidate: bool = False  # must-revalidate, proxy-revalidate, s-maxage (§5.2.2.2, .8, .10)
+    no_cache: bool = False  # unqualified no-cache: validate before every reuse (§5.2.2.4)
+    stale_while_revalidate: float = 0.0  # RFC 5861 §3
+    stale_if_error: float = 0.0  # RFC 5861 §4
 
 
-def storable(status: int, request_directives: Mapping[str, str | None], response_directives: Mapping[str, str | None], has_authorization: bool) -> bool:
-    """RFC 9111 §3, narrowed to what the edge stores today: complete 200 responses
-    that neither side marks no-store, that are not private, and that carry
-    explicit freshness (a response with Authorization only with public,
-    s-maxage or must-revalidate, §3.5)."""
-    if status != 200 or "no-store" in request_directives or "no-store" in response_directives:
-        return False
-    if "private" in response_directives:
-        return False
-    if has_authorization and not {"public", "s-maxage", "must-revalidate"} & response_directives.keys():
-        return False
-    return True
-
-
-def freshness(headers: Fields) -> Freshness:
-    """Freshness lifetime (RFC 9111 §4.2.1): s-maxage, then max-age, then Expires
-    minus Date. An Expires that cannot be parsed means already stale."""
+def response_rules(status: int, headers: Fields) -> ResponseRules:
     headers = list(headers)
-    directives = parse_cache_control(field_values(headers, "cache-control"))
-    lifetime: float = 0.0
-    shared_max_age = delta_seconds(directives.get("s-maxage"))
-    max_age = delta_seconds(directives.get("max-age"))
-    if shared_max_age is not None:
-        lifetime = shared_max_age
-    elif max_age is not None:
-        lifetime = max_age
-    else:
-        expires_values = field_values(headers, "expires")
-        if expires_values:
-            expires = parse_http_date(expires_values[0])
-            date = parse_http_date(next(iter(field_values(headers, "date")), None))
-            if expires is not None and date is not None:
-                lifetime = max(0.0, expires - date)
-    return Freshness(
+    directives, targeted = response_directives(headers)
+    lifetime, heuristic = freshness_lifetime(status, headers, directives, use_expires=not targeted)
+    return ResponseRules(
         lifetime=lifetime,
+        heuristic=heuristic,
         must_revalidate=bool({"must-revalidate", "proxy-revalidate", "s-maxage"} & directives.keys()),
-        no_cache="no-cache" in directives,
+        no_cache="no-cache" in directives and not directives["no-cache"],
+        stale_while_revalidate=float(delta_seconds(directives.get("stale-while-revalidate")) or 0),
+        stale_if_error=float(delta_seconds(directives.get("stale-if-error")) or 0),
     )
+
+
+def freshness_lifetime(status: int, headers: list[tuple[str, str]], directives: Directives, use_expires: bool = True) -> tuple[float, bool]:
+    """(lifetime, heuristic?) per §4.2.1: s-maxage, then max-age, then Expires minus
+    Date. A present but invalid max-age or s-maxage, an Expires that cannot be
+    parsed, and several Expires lines all mean already stale. With none of these,
+    §4.2.2's heuristic: a tenth of the time since Last-Modified, for heuristically
+    cacheable statuses or `public` responses."""
+    for name in ("s-maxage", "max-age"):
+        if name in directives:
+            value = delta_seconds(directives[name])
+            return (0.0 if value is None else float(value)), False
+    expires = field_values(headers, "expires") if use_expires else []
+    if expires:
+        expiry = parse_http_date(expires[0]) if len(expires) == 1 else None
+        date = parse_http_date(first_value(headers, "date"))
+        if expiry is None or date is None:
+            return 0.0, False
+        return max(0.0, expiry - date), False
+    if status in HEURISTICALLY_CACHEABLE or "public" in directives:
+        modified = parse_http_date(first_value(headers, "last-modified"))
+        date = parse_http_date(first_value(headers, "date"))
+        if modified is not None and date is not None and date > modified:
+            return min(HEURISTIC_CAP, (date - modified) * HEURISTIC_FRACTION), True
+    return 0.0, False
+
+
+def initial_age(headers: Fields, request_time: float, response_time: float) -> float:
+    """corrected_initial_age of §4.2.3, from the response's Date and Age and the
+    time the request took. An Age that is not a non-negative integer is ignored;
+    of a list, the first member counts (§5.1); a huge one is capped at 2**31."""
+    headers = list(headers)
+    date = parse_http_date(first_value(headers, "date"))
+    apparent_age = max(0.0, response_time - date) if date is not None else 0.0
+    ages = list_members(field_values(headers, "age"))
+    age_value = delta_seconds(ages[0]) if ages else None
+    corrected_age_value = (age_value or 0) + max(0.0, response_time - request_time)
+    return max(apparent_age, corrected_age_value)
+
+
+# -- reuse -------------------------------------------------------------------------------
+
+
+class Reuse(enum.Enum):
+    FRESH = "fresh"  # serve it
+    STALE_ALLOWED = "stale"  # stale, but the client's max-stale accepts it (§5.2.1.2)
+    STALE_WHILE_REVALIDATE = "stale-while-revalidate"  # serve it, revalidate in the background
+    VALIDATE = "validate"  # ask upstream first (a conditional request)
+
+
+def reuse(rules: ResponseRules, age: float, request: RequestRules) -> Reuse:
+    """Whether a stored response of `age` seconds may answer a request (§4, §4.2.4,
+    §5.2, RFC 5861 §3)."""
+    if request.no_cache or rules.no_cache:
+        return Reuse.VALIDATE
+    if request.max_age is not None and age > request.max_age:
+        return Reuse.VALIDATE
+    fresh_for = rules.lifetime - age
+    if request.min_fresh is not None and fresh_for < request.min_fresh:
+        return Reuse.VALIDATE
+    if fresh_for > 0:
+        return Reuse.FRESH
+    if rules.must_revalidate:
+        return Reuse.VALIDATE
+    if request.max_stale is not None and -fresh_for <= request.max_stale:
+        return Reuse.STALE_ALLOWED
+    if -fresh_for < rules.stale_while_revalidate:
+        return Reuse.STALE_WHILE_REVALIDATE
+    return Reuse.VALIDATE
+
+
+def stale_on_error(rules: ResponseRules, age: float, request: RequestRules, disconnected: bool) -> bool:
+    """May a stored response stand in for an upstream that failed? Never when it
+    must be revalidated (must-revalidate, proxy-revalidate, s-maxage, no-cache).
+    Otherwise within stale-if-error (either side's, RFC 5861 §4), or for any
+    staleness when the upstream could not be reached at all (§4.2.4)."""
+    if rules.must_revalidate or rules.no_cache:
+        return False
+    if disconnected:
+        return True
+    window = max(rules.stale_if_error, request.stale_if_error or 0.0)
+    return age - rules.lifetime <= window
+
+
+# -- validation and invalidation ---------------------------------------------------------
+
+
+def validators_of(headers: Fields) -> list[tuple[str, str]]:
+    """The conditional fields that revalidate a stored response (§4.3.1)."""
+    headers = list(headers)
+    fields = []
+    etag = first_value(headers, "etag")
+    if etag is not None:
+        fields.append(("If-None-Match", etag))
+    modified = first_value(headers, "last-modified")
+    if modified is not None and parse_http_date(modified) is not None:
+        fields.append(("If-Modified-Since", modified))
+    return fields
+
+
+def updated_fields(stored: Fields, not_modified: Fields) -> list[tuple[str, str]]:
+    """The stored fields after a 304 (§3.2, §4.3.4): each field the 304 carries
+    replaces the stored one, except framing and the fields never stored."""
+    update = [(k, v) for k, v in end_to_end(not_modified) if k.lower() not in NOT_UPDATED]
+    names = {k.lower() for k, _ in update}
+    return [(k, v) for k, v in stored if k.lower() not in names] + update
+
+
+def validator_matches(stored: Fields, not_modified: Fields) -> bool:
+    """Does a 304 speak for this stored response (§4.3.4)? Not when both carry
+    ETags and they differ."""
+    new, old = first_value(not_modified, "etag"), first_value(stored, "etag")
+    return new is None or old is None or new.removeprefix("W/") == old.removeprefix("W/")
+
+
+def invalidated(method: str, status: int, target: str, headers: Fields, authorities: Iterable[str]) -> list[str]:
+    """The request targets whose stored responses an unsafe request invalidates
+    (§4.4): its own, and those of Location and Content-Location when they are on
+    the same origin, after a non-error (2xx or 3xx) response."""
+    if method in SAFE_METHODS or not 200 <= status < 400:
+        return []
+    headers = list(headers)
+    allowed = {authority.lower() for authority in authorities}
+    targets = [target]
+    for name in ("location", "content-location"):
+        value = first_value(headers, name)
+        if value:
+            resolved = urlsplit(urljoin("http://origin.invalid" + target, value.strip()))
+            same_origin = resolved.netloc == "origin.invalid" or (resolved.scheme == "http" and resolved.netloc.lower() in allowed)
+            if same_origin:
+                targets.append((resolved.path or "/") + (f"?{resolved.query}" if resolved.query else ""))
+    return list(dict.fromkeys(targets))
+
+
+# -- Vary --------------------------------------------------------------------------------
+
+
+def vary_names(headers: Fields) -> tuple[str, ...]:
+    """The request fields a response varies on (§4.1), lower-cased and sorted;
+    ("*",) when it varies on something outside the request."""
+    members = list_members(field_values(headers, "vary"))
+    if "*" in members:
+        return ("*",)
+    return tuple(sorted({m.lower() for m in members}))
+
+
+def secondary_key(names: tuple[str, ...], request: RequestHeaders) -> str:
+    """The values of the named request fields, normalised so that requests that
+    differ only in whitespace or in how a list is split over lines match (§4.1);
+    an absent field differs from an empty one."""
+    parts = []
+    for name in names:
+        if name not in request:
+            parts.append(f"{name}\x01")
+        else:
+            parts.append(f"{name}={','.join(list_members(request.get_all(name)))}")
+    return "\x00".join(parts)

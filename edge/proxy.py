@@ -1,20 +1,24 @@
-"""The edge: answer from the nearest tier that has the object, fetch it once otherwise.
+"""The edge: answer from the nearest tier that may answer, fetch once otherwise.
 
-Owns the request path through the tiers (memory, disk, owner edge, parent, DHT by
-CID, origin), request collapsing (concurrent misses for one object share a single
-upstream fetch whose body every waiter streams as it arrives), `/cid/<CID>`, and
-what the edge tells: Cache-Status on every response and `/metrics`.
+Owns the request path: GET and HEAD through the cache (memory, disk, owner edge,
+parent, DHT by CID, origin), every other method passed through to the upstream with
+the invalidation it causes, PURGE, request collapsing (concurrent misses for one
+object share a single upstream fetch whose body every waiter streams as it
+arrives), `/cid/<CID>`, and what the edge tells: Cache-Status and Via on every
+response, and `/metrics`. Every caching rule comes from `policy`; this module only
+applies them.
 """
 
 from __future__ import annotations
 
+import hmac
+import json
 import logging
-import os
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
-import httpx
 import trio
 
 from dht.errors import ChordError
@@ -23,18 +27,35 @@ from dht.merkle import BadCid, parse_cid
 from .hashring import HashRing
 from .httpserver import Request, Response, simple_response
 from .metrics import EdgeMetrics
-from .policy import end_to_end, field_values, first_value, freshness, parse_cache_control, storable
+from .policy import (
+    SAFE_METHODS,
+    RequestRules,
+    Reuse,
+    end_to_end,
+    first_value,
+    initial_age,
+    invalidated,
+    request_rules,
+    response_rules,
+    reuse,
+    secondary_key,
+    stale_on_error,
+    storable,
+    stored_fields,
+    validators_of,
+    vary_names,
+)
 from .represent import SpoolBody, represent
 from .spool import Spool
+from .store import CacheStore, Found
 from .tiers import DiskTier, MemoryTier, Stored
-from .upstream import EDGE_HEADER, Answer, DhtSource, HttpUpstream, UpstreamError, forwarded_fields, raw_fields
+from .client import Interim
+from .upstream import EDGE_HEADER, NOT_FORWARDED, Answer, DhtSource, HttpUpstream, UpstreamError, bodiless, passed_fields
 
 log = logging.getLogger(__name__)
 
 CID_HEADER = "X-Content-CID"
 IMMUTABLE = "public, max-age=31536000, immutable"
-# Fields of our own that are never stored with a response.
-NOT_STORED = frozenset({"content-length", "cache-status", "age", "date"})
 
 
 @dataclass
@@ -50,6 +71,7 @@ class EdgeConfig:
     upstream_timeout: float = 10.0
     cid_timeout: float = 5.0
     vnodes: int = 128
+    purge_token: str | None = None  # PURGE needs `Authorization: Bearer <token>`; None passes PURGE through
 
     def __post_init__(self) -> None:
         self.origin = self.origin.rstrip("/")
@@ -60,15 +82,25 @@ class EdgeConfig:
 
 @dataclass
 class Fetch:
-    """One upstream fetch, shared by every request that missed on the same key."""
+    """One upstream fetch, shared by the requests that missed on the same URL and
+    that its answer may serve."""
 
     key: str
+    request: Request  # the leader's
     ready: trio.Event = field(default_factory=trio.Event)
     spool: Spool | None = None
     answer: Answer | None = None
-    stored: Stored | None = None  # set when the answer came from a tier (revalidated)
-    shareable: bool = True
+    revalidated: Found | None = None  # set when a 304 renewed the stored response
+    shareable: bool = False
+    vary: tuple[str, ...] = ()
     error: UpstreamError | None = None
+
+    def serves(self, request: Request) -> bool:
+        """May this fetch's answer serve `request` too? Only if a shared cache could
+        have stored it, and the request selects the same variant (RFC 9111 §4.1)."""
+        if not self.shareable:
+            return False
+        return not self.vary or secondary_key(self.vary, self.request.headers) == secondary_key(self.vary, request.headers)
 
 
 class Edge:
@@ -79,9 +111,12 @@ class Edge:
         self.set_peers(config.peers)
         self.memory = MemoryTier(config.memory_budget)
         self.disk = DiskTier(config.disk_dir, config.disk_budget) if config.disk_dir else None
+        self.store = CacheStore(self.memory, self.disk, nursery)
         self.http = HttpUpstream(config.upstream_timeout)
         self.metrics = EdgeMetrics(config.name)
         self.inflight: dict[str, Fetch] = {}
+        self.via = f"1.1 {config.name}"
+        self.origin_authority = urlsplit(config.origin).netloc
         self.port = 0  # set by whoever binds the listener
 
     def set_peers(self, peers: dict[str, str]) -> None:
@@ -99,17 +134,29 @@ class Edge:
     async def handle(self, request: Request) -> Response:
         self.metrics.request(request.method)
         target = request.target  # the decoded path is built only when needed
-        if target.startswith("/metrics") and request.path == "/metrics" and request.method == "GET":
-            return Response(200, [("Content-Type", self.metrics.content_type)], self.metrics.render())
-        if request.method not in ("GET", "HEAD"):
-            return self._tag(simple_response(405, "this edge serves GET and HEAD", [("Allow", "GET, HEAD")]), "fwd=method")
-        if target.startswith("/cid/"):
-            return await self._serve_cid(request, request.path[5:])
-        return await self._serve_cached(request)
+        if not target.startswith("/"):
+            problem = _to_origin_form(request)
+            if problem:
+                return self._tag(simple_response(400, problem), "fwd=bypass")
+            target = request.target
+        method = request.method
+        if method == "GET" or method == "HEAD":
+            if target.startswith("/metrics") and request.path == "/metrics" and method == "GET":
+                return Response(200, [("Content-Type", self.metrics.content_type)], self.metrics.render())
+            if target.startswith("/cid/"):
+                return await self._serve_cid(request, request.path[5:])
+            return await self._serve_cached(request)
+        if method == "PURGE" and self.config.purge_token:
+            return await self._purge(request)
+        if method == "CONNECT":
+            return self._tag(simple_response(501, "this edge is a reverse proxy: no CONNECT tunnels"), "fwd=bypass")
+        return await self._pass_through(request)
 
     def _tag(self, response: Response, status: str, detail: str | None = None) -> Response:
-        """Add our Cache-Status entry after any upstream ones (RFC 9211 §2)."""
+        """Add our Via (RFC 9110 §7.6.3) and our Cache-Status entry after any
+        upstream ones (RFC 9211 §2)."""
         value = f"{self.config.name}; {status}" + (f"; detail={detail}" if detail else "")
+        response.headers.append(("Via", self.via))
         response.headers.append(("Cache-Status", value))
         if isinstance(response.body, bytes):
             self.metrics.served(len(response.body))
@@ -119,103 +166,156 @@ class Edge:
                 self.metrics.served(int(size))
         return response
 
-    # -- the tiers -----------------------------------------------------------------------
+    # -- GET and HEAD through the cache --------------------------------------------------
 
     async def _serve_cached(self, request: Request) -> Response:
         key = request.target
-        now = time.time()
-        found = self._lookup(key)
+        rules = request_rules(request.headers)
+        found = self.store.lookup(key, request.headers)
         if found is not None:
-            tier, stored, source = found
-            if stored.fresh(now) and "no-cache" not in parse_cache_control(request.headers.get_all("cache-control")):
-                self.metrics.hit(tier)
-                return self._tag(represent(request, self._with_age(stored, now), source), "hit", tier)
-        stale = found[1] if found else None
+            stored = found.stored
+            age = stored.age(time.time())
+            decision = reuse(stored.rules, age, rules)
+            if decision is Reuse.FRESH:
+                self.metrics.hit(found.tier)
+                return self._tag(self._answer_from(request, found, age), "hit", found.tier)
+            if decision is not Reuse.VALIDATE:
+                if decision is Reuse.STALE_WHILE_REVALIDATE:
+                    self._revalidate_in_background(key, request, found)
+                    self.metrics.event("stale-while-revalidate")
+                self.metrics.hit(found.tier)
+                return self._tag(self._answer_from(request, found, age), f"hit; ttl={int(stored.rules.lifetime - age)}", found.tier)
+        if rules.only_if_cached:
+            return self._tag(simple_response(504, "only-if-cached, and no stored response may answer"), "fwd=miss", "only-if-cached")
+        fetch = await self._fetch_for(key, request, found)
+        return await self._from_fetch(request, fetch, found, rules)
+
+    @staticmethod
+    def _answer_from(request: Request, found: Found, age: float) -> Response:
+        """A stored response as the answer to `request`, with its Age (RFC 9111
+        §4.2.3). Preconditions and ranges apply to a stored 200; any other status
+        is sent as stored."""
+        stored = found.stored
+        headers = [*stored.headers, ("Age", str(int(age)))]
+        if stored.status == 200:
+            return represent(request, headers, found.body)
+        if stored.status not in (204, 304):
+            headers.append(("Content-Length", str(stored.size)))
+        return Response(stored.status, headers, found.body.span(0, stored.size))
+
+    async def _fetch_for(self, key: str, request: Request, found: Found | None) -> Fetch:
+        """Join the fetch in flight for this URL when its answer may serve this
+        request, else lead one. A request with credentials never waits on
+        another's fetch."""
         fetch = self.inflight.get(key)
-        if fetch is None:
-            fetch = self._start_fetch(key, request, stale)
+        if fetch is None or "authorization" in request.headers:
+            fetch = self._start_fetch(key, request, found, shared=fetch is None, relay=True)
         else:
             self.metrics.collapsed()
             await fetch.ready.wait()
-            if not fetch.shareable:  # private or no-store: meant only for the one who asked
-                fetch = self._start_fetch(key, request, stale, shared=False)
+            if not fetch.serves(request):
+                fetch = self._start_fetch(key, request, found, shared=False, relay=True)
         await fetch.ready.wait()
-        return await self._from_fetch(request, fetch, found)
-
-    def _lookup(self, key: str) -> tuple[str, Stored, object] | None:
-        hit = self.memory.get(key)
-        if hit is not None:
-            return "memory", hit[0], hit[1]
-        if self.disk is not None:
-            on_disk = self.disk.get(key)
-            if on_disk is not None:
-                stored, body = on_disk
-                if self.memory.fits(stored.size):
-                    data = os.pread(body.fd, stored.size, 0)
-                    self.memory.put(key, stored, data)
-                return "disk", stored, body
-        return None
-
-    @staticmethod
-    def _with_age(stored: Stored, now: float) -> list[tuple[str, str]]:
-        return [*stored.headers, ("Age", str(max(0, int(now - stored.received_at))))]
-
-    async def _from_fetch(self, request: Request, fetch: Fetch, found: tuple[str, Stored, object] | None) -> Response:
-        if fetch.error is not None:
-            if found is not None and not found[1].must_revalidate:
-                tier, stored, source = found
-                return self._tag(represent(request, self._with_age(stored, time.time()), source), "fwd=stale", "stale-on-error")
-            return self._tag(simple_response(fetch.error.status, str(fetch.error)), "fwd=miss", "error")
-        if fetch.stored is not None and found is not None:  # revalidated: the stored copy stands
-            return self._tag(represent(request, fetch.stored.headers, found[2]), "fwd=stale; fwd-status=304", "revalidated")  # type: ignore[arg-type]
-        answer = fetch.answer
-        assert answer is not None and fetch.spool is not None
-        tier_status = f"fwd=uri-miss; fwd-status={answer.status}"
-        size = answer.size
-        if answer.status == 200 and size is None:  # no length given: ranges need the whole body
-            await fetch.spool.wait_done()
-            size = fetch.spool.size if fetch.spool.complete else None
-        if answer.status != 200 or size is None:
-            length = [] if answer.size is None else [("Content-Length", str(answer.size))]
-            return self._tag(Response(answer.status, [*answer.headers, *length], fetch.spool.reader()), tier_status, answer.tier)
-        return self._tag(represent(request, answer.headers, SpoolBody(fetch.spool, size)), tier_status, answer.tier)
-
-    def _start_fetch(self, key: str, request: Request, stale: Stored | None, shared: bool = True) -> Fetch:
-        fetch = Fetch(key)
-        if shared:
-            self.inflight[key] = fetch
-        self.nursery.start_soon(self._lead, fetch, request, stale)
         return fetch
 
-    async def _lead(self, fetch: Fetch, request: Request, stale: Stored | None) -> None:
-        """Fetch the object for every waiter, then store it."""
+    def _revalidate_in_background(self, key: str, request: Request, found: Found) -> None:
+        if key not in self.inflight:
+            self._start_fetch(key, request, found, shared=True)
+
+    async def _from_fetch(self, request: Request, fetch: Fetch, found: Found | None, rules: RequestRules) -> Response:
+        if fetch.revalidated is not None:
+            self.metrics.event("revalidated")
+            revalidated = fetch.revalidated
+            return self._tag(self._answer_from(request, revalidated, revalidated.stored.age(time.time())), "fwd=stale; fwd-status=304", "revalidated")
+        answer, spool = fetch.answer, fetch.spool
+        failed = fetch.error is not None or (answer is not None and answer.status >= 500)
+        if failed and found is not None:
+            age = found.stored.age(time.time())
+            if stale_on_error(found.stored.rules, age, rules, disconnected=fetch.error is not None):
+                self.metrics.event("stale-if-error")
+                return self._tag(self._answer_from(request, found, age), "fwd=stale", "stale-if-error")
+        if fetch.error is not None:
+            return self._tag(simple_response(fetch.error.status, _public_reason(fetch.error)), "fwd=miss", "error")
+        assert answer is not None and spool is not None
+        tier_status = f"fwd={'stale' if found else 'uri-miss'}; fwd-status={answer.status}"
+        if answer.status == 200:
+            size = answer.size
+            if size is None:  # no length given: ranges need the whole body
+                await spool.wait_done()
+                size = spool.size if spool.complete else None
+            if size is not None:
+                return self._tag(represent(request, answer.headers, SpoolBody(spool, size)), tier_status, answer.tier)
+        length = [] if answer.size is None or answer.status in (204, 304) else [("Content-Length", str(answer.size))]
+        return self._tag(Response(answer.status, [*answer.headers, *length], spool.reader()), tier_status, answer.tier)
+
+    def _start_fetch(self, key: str, request: Request, found: Found | None, shared: bool, relay: bool = False) -> Fetch:
+        """Fetch in the edge's nursery; with `relay`, the leader's client is waiting
+        and gets the interim responses."""
+        fetch = Fetch(key, request)
+        if shared:
+            self.inflight[key] = fetch
+        self.nursery.start_soon(self._lead, fetch, found, _relay(request) if relay else None)
+        return fetch
+
+    async def _lead(self, fetch: Fetch, found: Found | None, on_interim: Interim | None) -> None:
+        """Fetch the object for every waiter, then store it if a shared cache may."""
+        request = fetch.request
         try:
             async with AsyncExitStack() as stack:
-                answer = await self._first_answer(request, stale, stack)
-                if answer is None:  # revalidated
-                    fetch.stored = stale
+                fields = passed_fields(request.headers.items(), self.via, NOT_FORWARDED)
+                if found is not None:
+                    fields += validators_of(found.stored.headers)
+                request_time = time.time()
+                answer = await self._ask_upstream("GET", request.target, fields, stack, b"", EDGE_HEADER in request.headers, on_interim)
+                response_time = time.time()
+                if answer.status == 304 and found is not None:  # our validators matched
+                    fetch.revalidated = self._refresh(found, request_time, response_time, answer.headers)
+                    fetch.shareable, fetch.vary = True, vary_names(found.stored.headers)
                     return
+                stored = self._storable(request, answer, request_time, response_time)
                 fetch.answer, fetch.spool = answer, Spool()
-                fetch.shareable = not {"private", "no-store"} & parse_cache_control(field_values(answer.headers, "cache-control")).keys()
+                fetch.shareable, fetch.vary = stored is not None, vary_names(answer.headers)
                 self.metrics.upstream(answer.tier)
                 fetch.ready.set()
                 await answer.pump(self._spool_writer(fetch.spool, answer.tier))
                 fetch.spool.finish()
-            await self._store(fetch.key, request, answer, fetch.spool)
+            if stored is not None and self._keeps(answer, found, fetch.spool):
+                await self.store.put(fetch.key, request.headers, replace(stored, size=fetch.spool.size), fetch.spool)
         except UpstreamError as exc:
             log.warning("edge %s: %s %s failed upstream: %s", self.config.name, request.method, fetch.key, exc)
-            fetch.error = exc
-            if fetch.spool is not None:
-                fetch.spool.finish(exc)
+            self._fail(fetch, exc)
         except Exception as exc:
             log.exception("edge %s: fetch of %s failed", self.config.name, fetch.key)
-            fetch.error = UpstreamError(502, f"fetch failed: {exc}")
-            if fetch.spool is not None:
-                fetch.spool.finish(exc)
+            self._fail(fetch, UpstreamError(502, f"fetch failed: {exc}"))
         finally:
             if self.inflight.get(fetch.key) is fetch:
                 del self.inflight[fetch.key]
             fetch.ready.set()
+
+    @staticmethod
+    def _fail(fetch: Fetch, error: UpstreamError) -> None:
+        fetch.error = error
+        if fetch.spool is not None:
+            fetch.spool.finish(error)
+
+    def _storable(self, request: Request, answer: Answer, request_time: float, response_time: float) -> Stored | None:
+        """The answer as a shared cache would store it, or None if it may not."""
+        rules = response_rules(answer.status, answer.headers)
+        allowed = storable("GET", answer.status, request_rules(request.headers), answer.headers, "authorization" in request.headers, rules.lifetime)
+        if not allowed:
+            return None
+        headers = stored_fields(answer.headers, response_time)
+        age = initial_age(answer.headers, request_time, response_time)
+        return Stored(answer.status, headers, answer.size or 0, response_time, age, rules, first_value(headers, CID_HEADER))
+
+    @staticmethod
+    def _keeps(answer: Answer, found: Found | None, spool: Spool) -> bool:
+        """Store a complete answer, unless the owner edge keeps it (the cluster
+        caches each object once) or it is a server error that would push out a
+        stored response."""
+        if answer.tier == "peer" or (answer.size is not None and answer.size != spool.size):
+            return False
+        return not (answer.status >= 500 and found is not None)
 
     def _spool_writer(self, spool: Spool, tier: str):  # type: ignore[no-untyped-def]
         metrics = self.metrics
@@ -227,106 +327,138 @@ class Edge:
 
         return write
 
-    async def _first_answer(self, request: Request, stale: Stored | None, stack: AsyncExitStack) -> Answer | None:
-        """Ask the tiers above us in order; None means the stale copy was revalidated."""
-        fields = forwarded_fields(request.headers.items(), None)
-        if EDGE_HEADER not in request.headers:
-            answer = await self._from_peers(request, fields, stack)
+    def _refresh(self, found: Found, request_time: float, response_time: float, headers: list[tuple[str, str]]) -> Found:
+        stored = found.stored.refreshed(request_time, response_time, headers)
+        self.store.update(found.key, stored)
+        return replace(found, stored=stored)
+
+    # -- upstream ------------------------------------------------------------------------
+
+    async def _ask_upstream(
+        self,
+        method: str,
+        target: str,
+        fields: list[tuple[str, str]],
+        stack: AsyncExitStack,
+        content: bytes = b"",
+        from_edge: bool = False,
+        on_interim: Interim | None = None,
+    ) -> Answer:
+        """The first upstream that answers: the owner edge (or the next one on the
+        ring while owners are down) unless another edge sent this, the parent, the
+        ring by CID (GET only), the origin. A request that may have reached an
+        upstream that then failed is not sent again unless it is safe."""
+        if not from_edge:
+            answer = await self._from_peers(method, target, fields, stack, content, on_interim)
             if answer is not None:
                 return answer
         if self.config.parent:
             try:
-                answer, close = await self.http.get(self.config.parent + request.target, fields, "parent")
-                stack.push_async_callback(close)
-                return answer
+                return await self._open(method, self.config.parent + target, fields, "parent", stack, content, on_interim)
             except UpstreamError as exc:
+                if not (exc.unsent or method in SAFE_METHODS):
+                    raise
                 log.info("edge %s: parent failed: %s", self.config.name, exc)
-        return await self._from_dht_or_origin(request, fields, stale, stack)
+        if method == "GET" and self.dht is not None:
+            answer = await self._from_dht(target, fields)
+            if answer is not None:
+                return answer
+        return await self._open(method, self.config.origin + target, fields, "origin", stack, content, on_interim)
 
-    async def _from_peers(self, request: Request, fields: list[tuple[str, str]], stack: AsyncExitStack) -> Answer | None:
+    async def _open(
+        self, method: str, url: str, fields: list[tuple[str, str]], tier: str, stack: AsyncExitStack, content: bytes, on_interim: Interim | None = None
+    ) -> Answer:
+        answer, close = await self.http.request(method, url, fields, tier, content, on_interim)
+        stack.push_async_callback(close)
+        return answer
+
+    async def _from_peers(
+        self, method: str, target: str, fields: list[tuple[str, str]], stack: AsyncExitStack, content: bytes, on_interim: Interim | None
+    ) -> Answer | None:
         """The owner edge, or the next one on the ring while owners are down; None
         when the object is ours to fetch."""
-        for name in self.ring.preference(request.target):
+        for name in self.ring.preference(target):
             if name == self.config.name:
                 return None
             try:
-                answer, close = await self.http.get(self.config.peers[name] + request.target, [*fields, (EDGE_HEADER, self.config.name)], "peer")
+                peer_fields = [*fields, (EDGE_HEADER, self.config.name)]
+                return await self._open(method, self.config.peers[name] + target, peer_fields, "peer", stack, content, on_interim)
             except UpstreamError as exc:
+                if not (exc.unsent or method in SAFE_METHODS):
+                    raise
                 log.info("edge %s: peer %s is down (%s); trying the next", self.config.name, name, exc)
-                continue
-            stack.push_async_callback(close)
-            return answer
         return None
 
-    async def _from_dht_or_origin(self, request: Request, fields: list[tuple[str, str]], stale: Stored | None, stack: AsyncExitStack) -> Answer | None:
-        """The ring when the path's CID is known, else the origin; None when the
-        origin says our stale copy is still good (304)."""
-        origin_url = self.config.origin + request.target
-        conditional = [*fields, *self._conditional(stale)] if stale is not None else fields
-        if self.dht is not None:
-            probe = await self.http.head(origin_url, conditional)
-            if probe.status_code == 304 and stale is not None:
-                self._refresh(request.target, stale, raw_fields(probe.headers.raw))
-                return None
-            answer = await self._from_dht(probe)
-            if answer is not None:
-                return answer
-        answer, close = await self.http.get(origin_url, conditional, "origin")
-        stack.push_async_callback(close)
-        if answer.status == 304 and stale is not None:
-            self._refresh(request.target, stale, answer.headers)
-            return None
-        return answer
-
-    async def _from_dht(self, probe: httpx.Response) -> Answer | None:
-        """The body of a HEAD answer from the ring, by the CID the origin named."""
-        cid = probe.headers.get(CID_HEADER)
+    async def _from_dht(self, target: str, fields: list[tuple[str, str]]) -> Answer | None:
+        """Ask the origin for the path's current CID with a HEAD (conditional, when
+        we hold a copy) and read the body from the ring; a 304 stands as it is.
+        None when the ring cannot serve it."""
+        probe = await self.http.head(self.config.origin + target, fields)
+        headers = [(k, v) for k, v in probe.headers if k.lower() != "content-length"]
+        if probe.status == 304:
+            return bodiless(304, headers, "origin")
+        cid = first_value(probe.headers, CID_HEADER)
         dht = self.dht
-        if probe.status_code != 200 or not cid or dht is None:
+        if probe.status != 200 or not cid or dht is None:
             return None
         try:
             size = await dht.size_of(cid)
         except ChordError as exc:
             log.info("edge %s: CID %s not in the ring (%s); going to the origin", self.config.name, cid[:16], exc)
             return None
-        headers = end_to_end(raw_fields(probe.headers.raw))
-        return Answer(200, headers, size, "dht", lambda sink: dht.pump(cid, sink))
+        return Answer(200, headers, size, "dht", lambda: dht.span(self.nursery, cid, 0, size))
 
-    @staticmethod
-    def _conditional(stored: Stored) -> list[tuple[str, str]]:
-        fields = []
-        for name, header in (("etag", "If-None-Match"), ("last-modified", "If-Modified-Since")):
-            values = field_values(stored.headers, name)
-            if values:
-                fields.append((header, values[0]))
-        return fields
+    # -- every other method --------------------------------------------------------------
 
-    def _refresh(self, key: str, stale: Stored, headers: list[tuple[str, str]]) -> None:
-        stored = stale.refreshed(time.time(), [(k, v) for k, v in headers if k.lower() not in NOT_STORED])
-        self.memory.update(key, stored)
-        if self.disk is not None:
-            self.nursery.start_soon(self.disk.update, key, stored)
+    async def _pass_through(self, request: Request) -> Response:
+        """Forward a request the cache does not answer, body and all, and drop the
+        stored responses a successful unsafe method invalidates (RFC 9111 §4.4)."""
+        self.metrics.event("passed")
+        fields = passed_fields(request.headers.items(), self.via)
+        stack = AsyncExitStack()
+        try:
+            answer = await self._ask_upstream(
+                request.method, request.target, fields, stack, request.body, EDGE_HEADER in request.headers, _relay(request)
+            )
+        except UpstreamError as exc:
+            await stack.aclose()
+            log.warning("edge %s: %s %s failed upstream: %s", self.config.name, request.method, request.target, exc)
+            return self._tag(simple_response(exc.status, _public_reason(exc)), "fwd=method", "error")
+        authorities = (self.origin_authority, request.headers.get("host") or "")
+        for target in invalidated(request.method, answer.status, request.target, answer.headers, authorities):
+            self.metrics.event("invalidated", self.store.remove(target))
+        length = [] if answer.size is None or answer.status in (204, 304) else [("Content-Length", str(answer.size))]
+        body = _UpstreamBody(answer, stack)
+        return self._tag(Response(answer.status, [*answer.headers, *length], body), f"fwd=method; fwd-status={answer.status}", answer.tier)
 
-    async def _store(self, key: str, request: Request, answer: Answer, spool: Spool) -> None:
-        """Keep a storable answer in memory and on disk. What came from the owner
-        edge stays there: the cluster caches each object once."""
-        if answer.tier == "peer":
-            return
-        headers = [(k, v) for k, v in answer.headers if k.lower() not in NOT_STORED]
-        rules = freshness(headers)
-        request_rules = parse_cache_control(request.headers.get_all("cache-control"))
-        response_rules = parse_cache_control(field_values(headers, "cache-control"))
-        if not storable(answer.status, request_rules, response_rules, "authorization" in request.headers):
-            return
-        if rules.lifetime <= 0 and not field_values(headers, "etag"):
-            return
-        cid = first_value(headers, CID_HEADER)
-        stored = Stored(headers, spool.size, time.time(), rules.lifetime, rules.must_revalidate, cid)
-        if self.memory.fits(spool.size):
-            self.memory.put(key, stored, spool.read_all())
-        if self.disk is not None:
-            with os.fdopen(os.dup(spool.fileno()), "rb") as body:
-                await self.disk.put(key, stored, body)
+    # -- purge ---------------------------------------------------------------------------
+
+    async def _purge(self, request: Request) -> Response:
+        """`PURGE <path>` with the start-up token: remove the URL, every variant,
+        from every tier here and at its owner edge."""
+        expected = f"Bearer {self.config.purge_token}".encode()
+        if not hmac.compare_digest((request.headers.get("authorization") or "").encode("latin-1"), expected):
+            challenge = [("WWW-Authenticate", 'Bearer realm="purge"')]
+            return self._tag(simple_response(401, "PURGE needs Authorization: Bearer <the edge's purge token>", challenge), "fwd=bypass")
+        removed = {self.config.name: self.store.remove(request.target)}
+        owner = self.ring.owner(request.target)
+        if owner != self.config.name and EDGE_HEADER not in request.headers:
+            try:
+                removed[owner] = await self._purge_at(owner, request)
+            except UpstreamError as exc:
+                return self._tag(simple_response(502, f"purged here, but the owner edge {owner} failed: {exc}"), "fwd=bypass", "error")
+        self.metrics.event("purged", sum(removed.values()))
+        body = json.dumps({"purged": request.target, "removed": removed}).encode() + b"\n"
+        return self._tag(Response(200, [("Content-Type", "application/json")], body), "fwd=bypass")
+
+    async def _purge_at(self, owner: str, request: Request) -> int:
+        fields = [("Authorization", request.headers.get("authorization") or ""), (EDGE_HEADER, self.config.name)]
+        async with AsyncExitStack() as stack:
+            answer = await self._open("PURGE", self.config.peers[owner] + request.target, fields, "peer", stack, b"")
+            text = b"".join([chunk async for chunk in answer.chunks()])
+        if answer.status != 200:
+            raise UpstreamError(502, f"answered {answer.status}: {text[:200]!r}")
+        return int(json.loads(text)["removed"][owner])
 
     # -- content by CID ------------------------------------------------------------------
 
@@ -361,3 +493,51 @@ class _DhtBody:
         assert self.edge.dht is not None
         return self.edge.dht.span(self.edge.nursery, self.cid, start, end)
 
+
+
+class _UpstreamBody:
+    """A passed-through response's body; closing it releases the upstream
+    connection even when no byte of it was read (a 204, or a client gone)."""
+
+    def __init__(self, answer: Answer, stack: AsyncExitStack) -> None:
+        self.answer, self.stack = answer, stack
+
+    def __aiter__(self):  # type: ignore[no-untyped-def]
+        return self.answer.chunks()
+
+    async def aclose(self) -> None:
+        await self.stack.aclose()
+
+
+def _public_reason(error: UpstreamError) -> str:
+    """What a client is told of an upstream failure: no internal addresses (the log has them)."""
+    return "the upstream timed out" if error.status == 504 else "the upstream did not answer properly"
+
+
+def _relay(request: Request) -> Interim | None:
+    """Pass upstream interim responses on to the client (RFC 9110 §15.2), but not
+    100 (this server answers Expect itself) nor 101 (no upgrades here)."""
+    send = request.interim
+    if send is None:
+        return None
+
+    async def relay(status: int, fields: list[tuple[str, str]]) -> None:
+        if status in (100, 101):
+            return
+        try:
+            await send(status, end_to_end(fields))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the client left; the fetch goes on for the cache
+
+    return relay
+
+
+def _to_origin_form(request: Request) -> str | None:
+    """Turn an absolute-form target (RFC 9112 §3.2.2) into a path; the problem
+    with it otherwise."""
+    parts = urlsplit(request.target)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"request target {request.target[:200]!r} is neither a path nor an http URL"
+    request.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request.__dict__.pop("path", None)  # drop the decoded path cached for the old target
+    return None

@@ -20,6 +20,7 @@ from .validators import evaluate_preconditions, if_range_allows, parse_http_date
 FILE_CHUNK = 256 * 1024
 # Fields a 304 repeats from the 200 it stands for (RFC 9110 §15.4.5).
 CONDITIONAL_FIELDS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+CONDITIONAL_OR_RANGE = frozenset({*CONDITIONAL_FIELDS, "range"})
 NOT_MODIFIED_FIELDS = frozenset({"cache-control", "content-location", "date", "etag", "expires", "vary", "last-modified"})
 
 
@@ -72,9 +73,9 @@ class SpoolBody:
 def represent(request: Request, headers: list[tuple[str, str]], source: BodySource) -> Response:
     """The response to a GET or HEAD for a representation with `headers` (its
     end-to-end fields, including ETag and Last-Modified when it has them)."""
-    conditional = any(name in request.headers for name in CONDITIONAL_FIELDS)
-    if not conditional and "range" not in request.headers:  # the common case, kept short
+    if CONDITIONAL_OR_RANGE.isdisjoint(request.headers.names()):  # the common case, kept short
         return _whole(headers, source, request.method == "HEAD")
+    conditional = any(name in request.headers for name in CONDITIONAL_FIELDS)
     etag = first_value(headers, "etag")
     last_modified = parse_http_date(first_value(headers, "last-modified"))
     outcome = evaluate_preconditions(request.method, request.headers, etag, last_modified) if conditional else None

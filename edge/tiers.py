@@ -1,8 +1,8 @@
 """The edge's own storage tiers: L1 in memory, L2 on disk.
 
-Owns what a stored response is (`Stored`: its end-to-end header fields, size,
-when it was received and how long it stays fresh, and the CID it had) and where it
-lives. L1 is a byte-budget LRU of whole bodies; L2 is diskcache with its own byte
+Owns what a stored response is (`Stored`: its status, stored header fields,
+size, age at arrival and when it arrived, the rules its fields set, and the CID it
+had), what marks a URL whose responses vary (`Variants`), and where both live. L1 is a byte-budget LRU of whole bodies; L2 is diskcache with its own byte
 budget and LRU eviction, and it survives a restart. Disk writes run in a worker
 thread (a 256 KiB set costs about a millisecond); reads come from the page cache
 and run inline.
@@ -19,7 +19,7 @@ import diskcache
 import trio
 
 from .memcache import ByteLRU
-from .policy import freshness
+from .policy import ResponseRules, initial_age, response_rules, updated_fields
 from .represent import BytesBody, FileBody
 
 log = logging.getLogger(__name__)
@@ -31,30 +31,52 @@ MEMORY_OBJECT_SHARE = 8  # L1 keeps objects up to 1/8 of its budget
 class Stored:
     """A stored response: what is needed to answer from it and to judge its age."""
 
+    status: int
     headers: list[tuple[str, str]]
     size: int
-    received_at: float
-    lifetime: float
-    must_revalidate: bool = False
+    response_time: float
+    initial_age: float  # corrected_initial_age (RFC 9111 §4.2.3)
+    rules: ResponseRules
     cid: str | None = None
 
-    def fresh(self, now: float) -> bool:
-        return now - self.received_at < self.lifetime
+    def age(self, now: float) -> float:
+        """current_age (§4.2.3)."""
+        return self.initial_age + max(0.0, now - self.response_time)
 
-    def refreshed(self, now: float, headers: list[tuple[str, str]]) -> "Stored":
-        """After a 304: new age, the header fields the 304 updated, and the
-        freshness they now give (RFC 9111 §4.3.4)."""
-        updated = {k.lower() for k, _ in headers}
-        merged = [(k, v) for k, v in self.headers if k.lower() not in updated] + headers
-        return replace(self, headers=merged, received_at=now, lifetime=freshness(merged).lifetime)
+    def fresh(self, now: float) -> bool:
+        return self.age(now) < self.rules.lifetime
+
+    def refreshed(self, request_time: float, response_time: float, not_modified: list[tuple[str, str]]) -> "Stored":
+        """After a 304: the fields it updated, and the age and freshness they now
+        give (§3.2, §4.3.4)."""
+        merged = updated_fields(self.headers, not_modified)
+        return replace(
+            self,
+            headers=merged,
+            response_time=response_time,
+            initial_age=initial_age(not_modified, request_time, response_time),
+            rules=response_rules(self.status, merged),
+        )
+
+
+@dataclass(frozen=True)
+class Variants:
+    """What a tier keeps under a URL whose responses vary (§4.1): the request
+    fields they vary on, and the keys their variants are stored under."""
+
+    names: tuple[str, ...]
+    keys: frozenset[str]
+
+
+Entry = Stored | Variants
 
 
 class MemoryTier:
     def __init__(self, budget: int) -> None:
-        self.lru: ByteLRU[str, tuple[Stored, bytes]] = ByteLRU(budget)
+        self.lru: ByteLRU[str, tuple[Entry, bytes]] = ByteLRU(budget)
         self.max_object = budget // MEMORY_OBJECT_SHARE
 
-    def get(self, key: str) -> tuple[Stored, BytesBody] | None:
+    def get(self, key: str) -> tuple[Entry, BytesBody] | None:
         entry = self.lru.get(key)
         if entry is None:
             return None
@@ -64,7 +86,7 @@ class MemoryTier:
     def fits(self, size: int) -> bool:
         return size <= self.max_object
 
-    def put(self, key: str, stored: Stored, body: bytes) -> None:
+    def put(self, key: str, stored: Entry, body: bytes) -> None:
         if self.fits(len(body)):
             self.lru.put(key, (stored, body), len(body) + 512)
 
@@ -73,31 +95,37 @@ class MemoryTier:
         if entry is not None:
             self.lru.put(key, (stored, entry.value[1]), entry.size)
 
-    def remove(self, key: str) -> None:
-        self.lru.pop(key)
+    def remove(self, key: str) -> bool:
+        return self.lru.pop(key) is not None
 
 
 class DiskTier:
-    """diskcache under `directory`: "m:<key>" holds the Stored, "b:<key>" the body
-    as a file of its own."""
+    """diskcache under `directory`: "m2:<key>" holds the entry, "b2:<key>" the body
+    as a file of its own (the 2 is the format of `Stored`; older entries are
+    ignored and age out)."""
+
+    META, BODY = "m2:", "b2:"
 
     def __init__(self, directory: str, budget: int) -> None:
         os.makedirs(directory, exist_ok=True)
         self.cache = diskcache.Cache(directory, size_limit=budget, eviction_policy="least-recently-used", cull_limit=16)
 
-    def get(self, key: str) -> tuple[Stored, FileBody] | None:
-        stored = self.cache.get("m:" + key)
-        if not isinstance(stored, Stored):
+    def get(self, key: str) -> tuple[Entry, FileBody | None] | None:
+        entry = self.cache.get(self.META + key)
+        if isinstance(entry, Variants):
+            return entry, None
+        if not isinstance(entry, Stored):
             return None
-        handle = self.cache.get("b:" + key, read=True)
+        handle = self.cache.get(self.BODY + key, read=True)
         if handle is None:
             return None  # the body was evicted first
-        return stored, FileBody(handle, stored.size)
+        return entry, FileBody(handle, entry.size)
 
-    async def put(self, key: str, stored: Stored, body: BinaryIO) -> None:
+    async def put(self, key: str, stored: Entry, body: BinaryIO | None) -> None:
         def write() -> None:
-            self.cache.set("b:" + key, body, read=True)
-            self.cache.set("m:" + key, stored)
+            if body is not None:
+                self.cache.set(self.BODY + key, body, read=True)
+            self.cache.set(self.META + key, stored)
 
         try:
             await trio.to_thread.run_sync(write)
@@ -105,13 +133,13 @@ class DiskTier:
             log.warning("disk tier: could not store %s: %s", key, exc)
 
     async def update(self, key: str, stored: Stored) -> None:
-        if ("m:" + key) in self.cache:
-            await trio.to_thread.run_sync(self.cache.set, "m:" + key, stored)
+        if (self.META + key) in self.cache:
+            await trio.to_thread.run_sync(self.cache.set, self.META + key, stored)
 
-    def remove(self, key: str) -> None:
-        self.cache.delete("m:" + key)
-        self.cache.delete("b:" + key)
+    def remove(self, key: str) -> bool:
+        found = bool(self.cache.delete(self.META + key))
+        self.cache.delete(self.BODY + key)
+        return found
 
     def close(self) -> None:
         self.cache.close()
-

@@ -1,8 +1,8 @@
 """Where an edge's misses go: other edges, a parent, the origin (HTTP), the DHT (CID).
 
-Owns talking upstream. Each source answers with an `Answer`: status, end-to-end
-header fields, the body's size when known, and a `pump` that streams the body into
-a callback. HTTP goes through one pooled httpx client; DHT reads verify every block
+Owns talking upstream and which request fields go there. Each source answers
+with an `Answer`: status, end-to-end header fields, the body's size when known,
+and its body as chunks. HTTP goes through one pooled client (`client`); DHT reads verify every block
 (the DhtClient does) and fetch only the leaves a range needs.
 """
 
@@ -12,30 +12,37 @@ import logging
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
 
-import httpx
 import trio
 
 from dht.client import DhtClient
 from dht.errors import ChordError
 from dht.tcp import TcpTransport
 
-from .policy import end_to_end
+from .client import ClientError, HttpClient, Interim
+from .policy import end_to_end, field_values
 
 log = logging.getLogger(__name__)
 
 EDGE_HEADER = "X-Chordcdn-Edge"  # marks a request one edge sends another
-# Request fields an edge does not pass when it fetches a whole object for its cache.
-NOT_FORWARDED = frozenset({"host", "range", "if-range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since", "content-length", "expect"})
+# Request fields never passed on as they came: the connection's own, and framing
+# that the upstream client sets for the body it sends.
+NOT_PASSED = frozenset({"host", "content-length", "expect"})
+# Also not passed when an edge fetches a whole object for its cache: it makes its
+# own conditionals and answers ranges itself.
+NOT_FORWARDED = NOT_PASSED | {"range", "if-range", "if-none-match", "if-modified-since", "if-match", "if-unmodified-since"}
 
 Sink = Callable[[bytes], Awaitable[None]]
 
 
 class UpstreamError(Exception):
-    """No upstream gave an answer. `status` is 502 (unreachable, broken) or 504 (timed out)."""
+    """No upstream gave an answer. `status` is 502 (unreachable, broken) or 504
+    (timed out); `unsent` says the request never left (the connection failed), so
+    trying elsewhere cannot repeat it."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, unsent: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.unsent = unsent
 
 
 @dataclass
@@ -44,66 +51,73 @@ class Answer:
     headers: list[tuple[str, str]]
     size: int | None
     tier: str
-    pump: Callable[[Sink], Awaitable[None]]
+    chunks: Callable[[], AsyncIterator[bytes]]
+
+    async def pump(self, sink: Sink) -> None:
+        async for chunk in self.chunks():
+            await sink(chunk)
 
 
-def raw_fields(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """httpx's raw header pairs as text."""
-    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing
 
 
-def forwarded_fields(headers: list[tuple[str, str]], edge_name: str | None) -> list[tuple[str, str]]:
-    fields = [(k, v) for k, v in end_to_end(headers) if k.lower() not in NOT_FORWARDED]
-    if edge_name is not None:
-        fields.append((EDGE_HEADER, edge_name))
-    return fields
+def bodiless(status: int, headers: list[tuple[str, str]], tier: str) -> Answer:
+    return Answer(status, headers, 0, tier, _no_chunks)
+
+
+def passed_fields(headers: list[tuple[str, str]], via: str, dropped: frozenset[str] = NOT_PASSED) -> list[tuple[str, str]]:
+    """A request's fields as sent upstream: end-to-end ones only (RFC 9110 §7.6.1),
+    without `dropped`, and with this proxy added to Via (§7.6.3)."""
+    return [*((k, v) for k, v in end_to_end(headers) if k.lower() not in dropped), ("Via", via)]
 
 
 class HttpUpstream:
     """One pooled client for every HTTP upstream of an edge."""
 
     def __init__(self, timeout: float) -> None:
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
-            follow_redirects=False,
-        )
+        self.client = HttpClient(timeout)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def get(self, url: str, fields: list[tuple[str, str]], tier: str) -> tuple[Answer, Callable[[], Awaitable[None]]]:
-        """Start a GET; return the answer and a close function the caller must await."""
-        request = self.client.build_request("GET", url, headers=fields)
+    async def request(
+        self, method: str, url: str, fields: list[tuple[str, str]], tier: str, content: bytes = b"", on_interim: Interim | None = None
+    ) -> tuple[Answer, Callable[[], Awaitable[None]]]:
+        """Send a request; return the answer (its body not yet read) and a close
+        function the caller must await. Interim 1xx answers go to `on_interim`."""
         try:
-            response = await self.client.send(request, stream=True)
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(504, f"{tier} {url}: timed out ({exc.__class__.__name__})") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(502, f"{tier} {url}: {exc.__class__.__name__}: {exc}") from None
+            response = await self.client.request(method, url, fields, content, on_interim)
+        except ClientError as exc:
+            raise _upstream_error(exc, f"{tier} {url}") from None
 
-        async def pump(sink: Sink) -> None:
+        async def chunks() -> AsyncIterator[bytes]:
             try:
-                async for chunk in response.aiter_raw():
-                    await sink(chunk)
-            except httpx.TimeoutException as exc:
-                raise UpstreamError(504, f"{tier} {url}: body timed out") from exc
-            except httpx.HTTPError as exc:
-                raise UpstreamError(502, f"{tier} {url}: body broke off: {exc}") from exc
+                async for chunk in response.chunks():
+                    yield chunk
+            except ClientError as exc:
+                raise _upstream_error(exc, f"{tier} {url}: body") from None
 
-        length = response.headers.get("content-length")
-        size = int(length) if length and length.isdigit() else None
-        fields = [(k, v) for k, v in end_to_end(raw_fields(response.headers.raw)) if k.lower() != "content-length"]
-        answer = Answer(response.status_code, fields, size, tier, pump)
-        return answer, response.aclose
+        lengths = set(field_values(response.headers, "content-length"))
+        size = int(next(iter(lengths))) if len(lengths) == 1 and next(iter(lengths)).isdigit() else None
+        if response.status in (204, 304):
+            size = 0
+        fields = [(k, v) for k, v in end_to_end(response.headers) if k.lower() != "content-length"]
+        return Answer(response.status, fields, size, tier, chunks), response.close
 
-    async def head(self, url: str, fields: list[tuple[str, str]]) -> httpx.Response:
+    async def head(self, url: str, fields: list[tuple[str, str]]) -> Answer:
+        """A HEAD's answer: status and fields (Content-Length kept), no body."""
         try:
-            return await self.client.head(url, headers=fields)
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(504, f"origin {url}: timed out") from exc
-        except httpx.HTTPError as exc:
-            raise UpstreamError(502, f"origin {url}: {exc.__class__.__name__}: {exc}") from exc
+            response = await self.client.request("HEAD", url, fields)
+        except ClientError as exc:
+            raise _upstream_error(exc, f"origin {url}") from None
+        await response.close()
+        return bodiless(response.status, end_to_end(response.headers), "origin")
+
+
+def _upstream_error(exc: ClientError, what: str) -> UpstreamError:
+    return UpstreamError(504 if exc.timed_out else 502, f"{what}: {exc}", unsent=exc.unsent)
 
 
 class DhtSource:

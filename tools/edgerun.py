@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -64,6 +65,10 @@ def add_edge_command(commands: Any) -> None:
     edge.add_argument("--mem-cache", type=byte_size, default=256 * 1024**2, metavar="SIZE", help="memory tier budget (default 256MiB)")
     edge.add_argument("--disk-cache", type=disk_cache, metavar="DIR:SIZE", help="disk tier directory and budget")
     edge.add_argument("--upstream-timeout", type=positive(3600), default=10.0, metavar="SECONDS")
+    edge.add_argument(
+        "--purge-token", default=os.environ.get("CHORDCDN_PURGE_TOKEN") or None, metavar="TOKEN",
+        help="allow `PURGE <path>` with `Authorization: Bearer TOKEN` (default: $CHORDCDN_PURGE_TOKEN; unset passes PURGE to the origin)",
+    )
     edge.set_defaults(run=cmd_edge)
 
 
@@ -78,6 +83,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         disk_dir=args.disk_cache[0] if args.disk_cache else None,
         disk_budget=args.disk_cache[1] if args.disk_cache else 0,
         upstream_timeout=args.upstream_timeout,
+        purge_token=args.purge_token,
     )
     host, port = args.listen
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request otherwise
