@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Callable, Iterator
 
 import pytest
 import trio
@@ -13,6 +13,8 @@ from dht.node import NodeConfig
 from dht.simcluster import SimCluster
 from dht.simnet import SimNetwork
 from dht.storage import StorageConfig
+
+from .edgecase import EdgeUnderTest, assert_alive, edge_process
 
 # Fast maintenance so protocol tests need little virtual time; latency 10 ms one way.
 FAST = NodeConfig(
@@ -42,3 +44,21 @@ def make_cluster(nursery: trio.Nursery) -> ClusterFactory:
         return SimCluster(nursery, network, config, random.Random(seed), storage)
 
     return build
+
+
+# -- end-to-end cache tests (test_cache_e2e*.py, test_cache_suite_mirror.py) ------------------
+
+
+@pytest.fixture(scope="module")
+def edge_stack() -> Iterator[EdgeUnderTest]:
+    """One scripted origin and one `chordcdn edge` process per test module that uses it."""
+    with edge_process() as stack:
+        yield stack
+
+
+@pytest.fixture
+def edge(edge_stack: EdgeUnderTest) -> Iterator[EdgeUnderTest]:
+    """The module's edge, checked to be running before and after the test."""
+    assert_alive(edge_stack, "before this test")
+    yield edge_stack
+    assert_alive(edge_stack, "during this test")
