@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import httptools
 import trio
 
+from .policy import field_values, list_members, origin_form
+
 READ_SIZE = 65536
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -55,8 +57,7 @@ def split_url(url: str) -> tuple[Origin, str]:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ClientError(f"not an http(s) URL: {url!r}", unsent=True)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Origin(parts.scheme, parts.hostname, port), target
+    return Origin(parts.scheme, parts.hostname, port), origin_form(parts)
 
 
 class _ResponseParser:
@@ -276,19 +277,15 @@ class HttpClient:
             connection.close_now()
 
 
-def _values(headers: list[tuple[str, str]], name: str) -> list[str]:
-    return [value for key, value in headers if key.lower() == name]
-
-
 def _delimited_by_close(status: int, headers: list[tuple[str, str]]) -> bool:
     """Does this response's body run to the connection's close (RFC 9112 §6.3)?"""
     if status in (204, 304) or 100 <= status < 200:
         return False
-    codings = [c.strip().lower() for value in _values(headers, "transfer-encoding") for c in value.split(",") if c.strip()]
+    codings = list_members(field_values(headers, "transfer-encoding"))
     if codings:
-        return codings[-1] != "chunked"
-    return not _values(headers, "content-length")
+        return codings[-1].lower() != "chunked"
+    return not field_values(headers, "content-length")
 
 
 def _keeps_alive(headers: list[tuple[str, str]]) -> bool:
-    return not any("close" in value.lower() for value in _values(headers, "connection"))
+    return "close" not in (member.lower() for member in list_members(field_values(headers, "connection")))

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Iterable, Mapping, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import http_sf
 
@@ -415,6 +415,11 @@ def validator_matches(stored: Fields, not_modified: Fields) -> bool:
     return new is None or old is None or new.removeprefix("W/") == old.removeprefix("W/")
 
 
+def origin_form(parts: SplitResult) -> str:
+    """A URL's path and query as a request target (RFC 9112 §3.2.1)."""
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+
 def invalidated(method: str, status: int, target: str, headers: Fields, authorities: Iterable[str]) -> list[str]:
     """The request targets whose stored responses an unsafe request invalidates
     (§4.4): its own, and those of Location and Content-Location when they are on
@@ -430,7 +435,7 @@ def invalidated(method: str, status: int, target: str, headers: Fields, authorit
             resolved = urlsplit(urljoin("http://origin.invalid" + target, value.strip()))
             same_origin = resolved.netloc == "origin.invalid" or (resolved.scheme == "http" and resolved.netloc.lower() in allowed)
             if same_origin:
-                targets.append((resolved.path or "/") + (f"?{resolved.query}" if resolved.query else ""))
+                targets.append(origin_form(resolved))
     return list(dict.fromkeys(targets))
 
 

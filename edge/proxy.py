@@ -35,6 +35,7 @@ from .policy import (
     first_value,
     initial_age,
     invalidated,
+    origin_form,
     request_rules,
     response_rules,
     reuse,
@@ -199,9 +200,7 @@ class Edge:
         headers = [*stored.headers, ("Age", str(int(age)))]
         if stored.status == 200:
             return represent(request, headers, found.body)
-        if stored.status not in (204, 304):
-            headers.append(("Content-Length", str(stored.size)))
-        return Response(stored.status, headers, found.body.span(0, stored.size))
+        return Response(stored.status, [*headers, *_length_field(stored.status, stored.size)], found.body.span(0, stored.size))
 
     async def _fetch_for(self, key: str, request: Request, found: Found | None) -> Fetch:
         """Join the fetch in flight for this URL when its answer may serve this
@@ -245,8 +244,8 @@ class Edge:
                 size = spool.size if spool.complete else None
             if size is not None:
                 return self._tag(represent(request, answer.headers, SpoolBody(spool, size)), tier_status, answer.tier)
-        length = [] if answer.size is None or answer.status in (204, 304) else [("Content-Length", str(answer.size))]
-        return self._tag(Response(answer.status, [*answer.headers, *length], spool.reader()), tier_status, answer.tier)
+        fields = [*answer.headers, *_length_field(answer.status, answer.size)]
+        return self._tag(Response(answer.status, fields, spool.reader()), tier_status, answer.tier)
 
     def _start_fetch(self, key: str, request: Request, found: Found | None, shared: bool, relay: bool = False) -> Fetch:
         """Fetch in the edge's nursery; with `relay`, the leader's client is waiting
@@ -427,9 +426,9 @@ class Edge:
         authorities = (self.origin_authority, request.headers.get("host") or "")
         for target in invalidated(request.method, answer.status, request.target, answer.headers, authorities):
             self.metrics.event("invalidated", self.store.remove(target))
-        length = [] if answer.size is None or answer.status in (204, 304) else [("Content-Length", str(answer.size))]
+        fields = [*answer.headers, *_length_field(answer.status, answer.size)]
         body = _UpstreamBody(answer, stack)
-        return self._tag(Response(answer.status, [*answer.headers, *length], body), f"fwd=method; fwd-status={answer.status}", answer.tier)
+        return self._tag(Response(answer.status, fields, body), f"fwd=method; fwd-status={answer.status}", answer.tier)
 
     # -- purge ---------------------------------------------------------------------------
 
@@ -509,6 +508,11 @@ class _UpstreamBody:
         await self.stack.aclose()
 
 
+def _length_field(status: int, size: int | None) -> list[tuple[str, str]]:
+    """Content-Length for a body of known size; none for 204 and 304 (RFC 9110 §8.6)."""
+    return [] if size is None or status in (204, 304) else [("Content-Length", str(size))]
+
+
 def _public_reason(error: UpstreamError) -> str:
     """What a client is told of an upstream failure: no internal addresses (the log has them)."""
     return "the upstream timed out" if error.status == 504 else "the upstream did not answer properly"
@@ -538,6 +542,6 @@ def _to_origin_form(request: Request) -> str | None:
     parts = urlsplit(request.target)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return f"request target {request.target[:200]!r} is neither a path nor an http URL"
-    request.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    request.target = origin_form(parts)
     request.__dict__.pop("path", None)  # drop the decoded path cached for the old target
     return None

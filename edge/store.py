@@ -53,7 +53,7 @@ class CacheStore:
         assert isinstance(stored, Stored) and body is not None
         return Found(key, tier, stored, body)
 
-    def _get(self, key: str) -> tuple[str, Entry, BodySource | None] | None:
+    def _get(self, key: str, promote: bool = True) -> tuple[str, Entry, BodySource | None] | None:
         hit = self.memory.get(key)
         if hit is not None:
             return "memory", hit[0], hit[1]
@@ -63,9 +63,9 @@ class CacheStore:
         if on_disk is None:
             return None
         entry, body = on_disk
-        if isinstance(entry, Stored) and body is not None and self.memory.fits(entry.size):
+        if promote and isinstance(entry, Stored) and body is not None and self.memory.fits(entry.size):
             self.memory.put(key, entry, os.pread(body.fd, entry.size, 0))
-        elif isinstance(entry, Variants):
+        elif promote and isinstance(entry, Variants):
             self.memory.put(key, entry, b"")
         return "disk", entry, body
 
@@ -73,7 +73,7 @@ class CacheStore:
         """Store a complete response to a request for `key`; a response with Vary
         goes under its variant's key, beside the other variants of the URL."""
         names = vary_names(stored.headers)
-        current = self._get(key)
+        current = self._get(key, promote=False)
         if names:
             target = variant_key(key, names, request)
             known = current[1] if current is not None else None
@@ -108,7 +108,7 @@ class CacheStore:
     def remove(self, key: str) -> int:
         """Remove the URL's stored responses, every variant included, from every
         tier; the number of responses removed."""
-        found = self._get(key)
+        found = self._get(key, promote=False)
         keys = [key]
         if found is not None and isinstance(found[1], Variants):
             keys += sorted(found[1].keys)

@@ -43,9 +43,6 @@ class Stored:
         """current_age (§4.2.3)."""
         return self.initial_age + max(0.0, now - self.response_time)
 
-    def fresh(self, now: float) -> bool:
-        return self.age(now) < self.rules.lifetime
-
     def refreshed(self, request_time: float, response_time: float, not_modified: list[tuple[str, str]]) -> "Stored":
         """After a 304: the fields it updated, and the age and freshness they now
         give (§3.2, §4.3.4)."""

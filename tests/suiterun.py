@@ -25,13 +25,13 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from typing import Any
 
 import httpx
 import trio
 
 from .edgecase import EdgeUnderTest, new_case_id, raw_exchange
+from .scriptorigin import http_date
 
 PAUSE = 3  # seconds: the suite's pause_after
 DATE_NAMES = frozenset({"date", "expires", "last-modified", "if-modified-since", "if-unmodified-since"})
@@ -39,10 +39,6 @@ SHIFTED = frozenset({"date", "expires", "last-modified"})  # response date heade
 CLIENT_TIMEOUT = 10.0
 
 Config = dict[str, Any]
-
-
-def http_date(seconds: float) -> str:
-    return formatdate(seconds, usegmt=True)
 
 
 def merge(template: Config, overrides: Config) -> Config:
