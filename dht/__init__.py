@@ -17,7 +17,8 @@ from .errors import (
     TransportError,
 )
 from .ids import IdSpace, in_half_open, in_open
-from .node import ChordNode, LookupResult, NodeConfig
+from .messages import LookupResult
+from .node import ChordNode, NodeConfig
 from .routing import NodeRef, RoutingTable
 from .simnet import SimNetwork
 from .tcp import open_tcp_transport

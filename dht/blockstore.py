@@ -4,7 +4,8 @@ Owns storage and the per-node view of it that repair needs: keys in ring order,
 the keys inside an arc, and a cheap digest of an arc (count and XOR of keys) so two
 nodes can compare ranges without listing them. Every block is verified against its
 key when stored and again when read: a copy that fails is dropped, counted and
-reported as missing, so an unverified byte never leaves the store.
+reported as missing, so an unverified byte never leaves the store. A store may have
+a capacity in bytes of live blocks; past it a new block is refused with NodeFull.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Iterable
 
 from sortedcontainers import SortedList
 
+from .errors import NodeFull
 from .ids import IdSpace
 from .merkle import MAX_BLOCK, BlockError, block_hash, verify_block
 
@@ -28,14 +30,21 @@ Digest = tuple[int, int]  # (count, XOR of the keys as integers)
 class BlockStore:
     """The ring-ordered key index shared by both back ends; subclasses hold bytes."""
 
-    def __init__(self, space: IdSpace) -> None:
+    def __init__(self, space: IdSpace, capacity: int | None = None) -> None:
+        if capacity is not None and capacity < 0:
+            raise ValueError("capacity must not be negative")
         self.space = space
+        self.capacity = capacity
+        self.used = 0  # bytes of live blocks
         self.corrupt_found = 0
         self._index: SortedList = SortedList()
 
     # -- back-end operations ------------------------------------------------------------
 
     def _read(self, key: bytes) -> bytes | None:
+        raise NotImplementedError
+
+    def _stored_size(self, key: bytes) -> int:
         raise NotImplementedError
 
     async def _write(self, key: bytes, data: bytes) -> None:
@@ -55,17 +64,29 @@ class BlockStore:
     def keys(self) -> list[bytes]:
         return list(self._index)
 
+    def figures(self) -> dict[str, int]:
+        """Fill level for `info` and metrics; capacity 0 means unlimited."""
+        return {"blocks": len(self._index), "used": self.used, "capacity": self.capacity or 0}
+
+    def has_room(self, size: int) -> bool:
+        return self.capacity is None or self.used + size <= self.capacity
+
     async def put(self, key: bytes, data: bytes) -> bool:
         """Verify and store a block; return False when an intact copy was already
-        here (a corrupt one is replaced)."""
+        here (a corrupt one is replaced). NodeFull when a new block would take the
+        store past its capacity."""
         verify_block(key, data)
         if key in self._index:
             existing = self._read(key)
             if existing is not None and block_hash(existing) == key:
                 return False
             self.corrupt_found += 1
+            await self.delete(key)
+        if not self.has_room(len(data)):
+            raise NodeFull(f"node full: {self.used:,} of {self.capacity:,} bytes used; refusing a block of {len(data):,} bytes")
         await self._write(key, data)
         self._index.add(key)
+        self.used += len(data)
         return True
 
     async def get(self, key: bytes) -> bytes | None:
@@ -82,6 +103,7 @@ class BlockStore:
 
     async def delete(self, key: bytes) -> None:
         if key in self._index:
+            self.used -= self._stored_size(key)
             self._index.remove(key)
             await self._erase(key)
 
@@ -119,12 +141,15 @@ class BlockStore:
 class MemoryBlockStore(BlockStore):
     """Blocks in a dict: lost when the node crashes, as the simulator wants."""
 
-    def __init__(self, space: IdSpace) -> None:
-        super().__init__(space)
+    def __init__(self, space: IdSpace, capacity: int | None = None) -> None:
+        super().__init__(space, capacity)
         self.blocks: dict[bytes, bytes] = {}
 
     def _read(self, key: bytes) -> bytes | None:
         return self.blocks.get(key)
+
+    def _stored_size(self, key: bytes) -> int:
+        return len(self.blocks.get(key, b""))
 
     async def _write(self, key: bytes, data: bytes) -> None:
         self.blocks[key] = data
@@ -151,8 +176,8 @@ class DiskBlockStore(BlockStore):
 
     SEGMENT_LIMIT = 1 << 30
 
-    def __init__(self, space: IdSpace, directory: str | Path) -> None:
-        super().__init__(space)
+    def __init__(self, space: IdSpace, directory: str | Path, capacity: int | None = None) -> None:
+        super().__init__(space, capacity)
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._locations: dict[bytes, tuple[int, int, int]] = {}
@@ -161,6 +186,7 @@ class DiskBlockStore(BlockStore):
         for segment in segments:
             self._scan(segment)
         self._index.update(self._locations)
+        self.used = sum(length for _, _, length in self._locations.values())
         self._segment = (segments[-1] + 1) if segments else 1
         self._writer: int | None = None  # opened on the first write of this run
         self._size = 0
@@ -206,6 +232,10 @@ class DiskBlockStore(BlockStore):
         os.write(self._writer, _HEADER.pack(_MAGIC, kind, key, len(data)) + data)
         self._size += _HEADER.size + len(data)
         return offset + _HEADER.size
+
+    def _stored_size(self, key: bytes) -> int:
+        location = self._locations.get(key)
+        return location[2] if location else 0
 
     def _read(self, key: bytes) -> bytes | None:
         location = self._locations.get(key)

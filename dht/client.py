@@ -1,12 +1,15 @@
 """Putting files into the ring and reading them back, verified.
 
 Owns the reader's and writer's side of block storage. A put streams the file
-through a DagBuilder and stores each block with its owner (which makes the
-replicas), a bounded number at once. A read fetches the root, then only the inner
-blocks and leaves that the byte range covers, a bounded number ahead, and hands
-the bytes to a sink in order. Each block comes from the first replica that
-returns it intact: a timeout, a miss or a bad hash moves on to the next one, so
-no unverified byte reaches the caller.
+through a DagBuilder and stores each block on every node of its replica set (the
+owner and the next r−1 nodes, found by a lookup of the client's own), a bounded
+number of blocks at once; a block counts as stored only when enough of those
+nodes, each reached by its own authenticated link, acknowledge that they stored
+and verified it. A read fetches the root, then only the inner blocks and leaves
+that the byte range covers, a bounded number ahead, and hands the bytes to a sink
+in order. Each block comes from the first replica that returns it intact: a
+timeout, a miss or a bad hash moves on to the next one, so no unverified byte
+reaches the caller.
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ from typing import Any, Awaitable, BinaryIO, Callable
 
 import trio
 
+from . import messages
 from .errors import ChordError, RemoteError, TransportError
 from .ids import IdSpace
+from .lookup import iterate
 from .merkle import (
     DEFAULT_CHUNK,
     DEFAULT_FANOUT,
@@ -31,8 +36,8 @@ from .merkle import (
     decode_node,
     parse_cid,
 )
-from .node import ChordNode
-from .routing import NodeRef, refs_from_wire
+from .node import ChordNode, remote_step
+from .routing import NodeRef
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,10 @@ class BlockNotFound(ChordError):
 
 class PutFailed(ChordError):
     """A block could not be stored with enough copies."""
+
+
+DEFAULT_REPLICAS = 3
+PUT_ROUNDS = 2  # a second lookup and fan-out for the copies the first one missed
 
 
 class BadRange(ChordError, ValueError):
@@ -71,13 +80,19 @@ class DhtClient:
         locate: Locate,
         space: IdSpace,
         *,
+        replicas: int = DEFAULT_REPLICAS,
         write_quorum: int | None = None,
         window: int = 16,
         read_attempts: int = 4,
     ) -> None:
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        if write_quorum is not None and not 1 <= write_quorum <= replicas:
+            raise ValueError(f"the write quorum must be in 1..{replicas} (the replica count), got {write_quorum}")
         self.call = call
         self.locate = locate
         self.space = space
+        self.replicas = replicas
         self.write_quorum = write_quorum
         self.window = window
         self.read_attempts = read_attempts
@@ -94,44 +109,72 @@ class DhtClient:
 
     @classmethod
     async def via(cls, transport: Transport, address: str, timeout: float = 10.0, **options: Any) -> "DhtClient":
-        """A client outside the ring that asks the node at `address` to do lookups."""
-        info = await transport.call(address, "info", [], timeout=timeout)
+        """A client outside the ring. It enters the ring at the node at `address`
+        and drives every lookup itself, one step per node, so that no single node's
+        word decides where a block goes; each node is called with the ID its
+        certificate must prove. The replica count is the entry node's."""
+        info = messages.NodeInfo.from_wire(await transport.call(address, "info", [], timeout=timeout))
+        space, entry = IdSpace(info.bits), info.me
+        step_timeout = min(timeout, 2.0)
 
         async def call(node: NodeRef, method: str, *args: Any) -> Any:
-            return await transport.call(node.address, method, list(args), timeout=timeout)
+            return await transport.call(node.address, method, list(args), timeout=timeout, node_id=node.id)
+
+        async def step_call(node: NodeRef, method: str, *args: Any) -> Any:
+            return await transport.call(node.address, method, list(args), timeout=step_timeout, node_id=node.id)
+
+        async def step(hop: NodeRef, key: int, dead: frozenset[int]) -> tuple[bool, list[NodeRef]]:
+            return await remote_step(step_call, space, hop, key, dead)
 
         async def locate(position: int) -> list[NodeRef]:
-            reply = await transport.call(address, "lookup", [position], timeout=timeout)
-            return refs_from_wire(reply["successors"])
+            return (await iterate(space, position, entry, step, timeout)).successors
 
-        return cls(call, locate, IdSpace(info["bits"]), **options)
+        options.setdefault("replicas", info.store.get("replicas", DEFAULT_REPLICAS))
+        return cls(call, locate, space, **options)
 
     # -- blocks -------------------------------------------------------------------------------
 
     async def put_block(self, data: bytes) -> bytes:
-        """Store one block with its owner, which replicates it; return its key."""
+        """Store one block on each node of its replica set; return its key once
+        enough of them (all r, or the write quorum) acknowledge. Only nodes of the
+        replica set this client's own lookup gives count."""
         key = block_hash(data)
-        nodes = await self.locate(self.space.position(key))
-        failures: list[str] = []
-        for node in nodes[: self.read_attempts]:
-            try:
-                acks, target = await self.call(node, "put_block", key, data, True)
-            except (TransportError, RemoteError) as exc:
-                failures.append(f"{node.address}: {exc}")
-                self.stats.failovers += 1
-                continue
-            needed = target if self.write_quorum is None else min(self.write_quorum, target)
-            if acks >= needed:
+        position = self.space.position(key)
+        stored: set[int] = set()
+        failures: dict[str, str] = {}
+        acknowledged = needed = 0
+        for _ in range(PUT_ROUNDS):
+            replica_set = (await self.locate(position))[: self.replicas]
+            needed = min(self.write_quorum or self.replicas, len(replica_set))
+            missing = [node for node in replica_set if node.id not in stored]
+            async with trio.open_nursery() as nursery:
+                for node in missing:
+                    nursery.start_soon(self._store_copy, node, key, data, stored, failures)
+            acknowledged = sum(node.id in stored for node in replica_set)
+            if acknowledged >= needed:
                 return key
-            failures.append(f"{node.address}: only {acks} of {needed} copies acknowledged")
-        raise PutFailed(f"block {key.hex()[:16]}…: " + ("; ".join(failures) or "no node to store it on"))
+        reasons = "; ".join(f"{address}: {why}" for address, why in failures.items())
+        raise PutFailed(f"block {key.hex()[:16]}…: only {acknowledged} of {needed} copies acknowledged" + (f" ({reasons})" if reasons else ""))
+
+    async def _store_copy(self, node: NodeRef, key: bytes, data: bytes, stored: set[int], failures: dict[str, str]) -> None:
+        try:
+            acknowledged = messages.flag_reply(await self.call(node, "put_block", key, data), "put_block")
+        except RemoteError as exc:
+            failures[node.address] = exc.message if exc.kind == "NodeFull" else str(exc)
+            return
+        except TransportError as exc:
+            failures[node.address] = str(exc)
+            self.stats.failovers += 1
+            return
+        if acknowledged:
+            stored.add(node.id)
 
     async def get_block(self, key: bytes) -> bytes:
         """The block under key from the first replica that has an intact copy."""
         nodes = await self.locate(self.space.position(key))
         for node in nodes[: self.read_attempts]:
             try:
-                data = await self.call(node, "get_block", key)
+                data = messages.block_reply(await self.call(node, "get_block", key))
             except (TransportError, RemoteError) as exc:
                 log.info("block %s from %s failed: %s", key.hex()[:12], node.address, exc)
                 self.stats.failovers += 1

@@ -1,6 +1,32 @@
-"""The typed exceptions of the dht package, shared by node, transports and tools."""
+"""The typed exceptions of the dht package, shared by node, transports and tools,
+and `describe`, which puts untrusted values into their messages safely."""
 
 from __future__ import annotations
+
+from typing import Any
+
+
+def describe(value: Any, limit: int = 40) -> str:
+    """A short, safe description of an untrusted value for error messages.
+
+    Never calls repr on containers (which recurses, and fails on deep nesting) nor
+    on huge integers (which Python refuses to print): integers wider than 64 bits
+    are described by their size, strings and bytes are cut to `limit`."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("…" if len(value) > limit else "")
+    if isinstance(value, (bytes, bytearray)):
+        return f"{len(value)} bytes"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)}"
+    if isinstance(value, dict):
+        return f"a map of {len(value)}"
+    return f"a {type(value).__name__}"
 
 
 class ChordError(Exception):
@@ -42,3 +68,24 @@ class BadRequest(ChordError):
 
 class LookupFailed(ChordError):
     """No live route to the key's owner was found before the deadline."""
+
+
+class BadReply(ProtocolError):
+    """A peer's reply had the wrong shape: a broken or lying peer, never a crash."""
+
+
+class IdentityMismatch(TransportError):
+    """The peer at an address is not the node a reference named: its certificate
+    gives another ID, or it is not a ring node at all."""
+
+
+class Forbidden(BadRequest):
+    """The caller's certificate role may not make this call."""
+
+
+class NodeFull(ChordError):
+    """The node's store is at its capacity and refuses new blocks."""
+
+
+class CertificateError(ChordError):
+    """A certificate or key could not be loaded, or does not fit the cluster."""

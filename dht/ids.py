@@ -11,6 +11,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 
+from .errors import describe
+
 DEFAULT_BITS = 256
 _HASH_BITS = 256
 _HEX = re.compile(r"(0x)?[0-9a-fA-F]+")
@@ -86,13 +88,13 @@ class IdSpace:
     def check(self, ident: int) -> int:
         """Return ident if it is a valid identifier, else raise ValueError."""
         if isinstance(ident, bool) or not isinstance(ident, int) or not 0 <= ident < self.size:
-            raise ValueError(f"identifier {ident!r} is not an integer in [0, 2^{self.bits})")
+            raise ValueError(f"identifier {describe(ident)} is not an integer in [0, 2^{self.bits})")
         return ident
 
     def parse_id(self, text: str) -> int:
         """Parse a hex identifier ("0x…" or bare hex digits) and range-check it."""
         if not _HEX.fullmatch(text):
-            raise ValueError(f"{text!r} is not a hexadecimal identifier")
+            raise ValueError(f"{describe(text)} is not a hexadecimal identifier")
         return self.check(int(text, 16))
 
     def key_for(self, text: str) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from .errors import ChordError
+from .errors import ChordError, describe
 
 MAGIC = "chordcdn-dag"
 VERSION = 1
@@ -44,6 +44,14 @@ def block_hash(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+def possession_proof(nonce: bytes, data: bytes) -> bytes:
+    """What a holder answers to a challenge: SHA-256 of the nonce and the block's
+    bytes. Only a node that has the bytes now can compute it for a fresh nonce."""
+    digest = hashlib.sha256(nonce)
+    digest.update(data)
+    return digest.digest()
+
+
 def verify_block(key: bytes, data: bytes) -> bytes:
     """Return data when it is a valid block stored under key, else raise BlockError."""
     if len(data) > MAX_BLOCK:
@@ -56,7 +64,7 @@ def verify_block(key: bytes, data: bytes) -> bytes:
 def parse_cid(text: str) -> bytes:
     """The root hash a CID names; raise BadCid for anything but 64 lowercase hex digits."""
     if not isinstance(text, str) or not _CID.fullmatch(text):
-        raise BadCid(f"{text!r:.80} is not a CID (64 lowercase hex digits)")
+        raise BadCid(f"{describe(text, 80)} is not a CID (64 lowercase hex digits)")
     return bytes.fromhex(text)
 
 

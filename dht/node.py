@@ -10,21 +10,26 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
 
 import trio
 
+from . import messages
 from .errors import BadRequest, CallTimeout, ChordError, LookupFailed, RemoteError, TransportError
+from .identity import PeerIdentity
 from .ids import DEFAULT_BITS, IdSpace, in_open
-from .routing import DepartedPeers, NodeRef, Owner, RoutingTable, refs_from_wire, refs_to_wire
+from .lookup import iterate
+from .messages import LookupResult, NodeInfo
+from .routing import DepartedPeers, NodeRef, Owner, RoutingTable, refs_to_wire
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_STABILIZE_WALK = 32
-MAX_EXCLUDED = 16
 JOIN_ATTEMPTS = 3
+RpcHandler = Callable[[PeerIdentity, list[Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -62,45 +67,6 @@ class NodeConfig:
             raise ValueError("jitter must be in [0, 1)")
 
 
-@dataclass(frozen=True)
-class LookupResult:
-    """The owner of a key, the nodes after it, and the route the lookup took."""
-
-    key: int
-    owner: NodeRef
-    successors: list[NodeRef]
-    path: list[NodeRef] = field(default_factory=list)
-    timeouts: int = 0
-
-    @property
-    def hops(self) -> int:
-        """Remote nodes that answered a routing step."""
-        return len(self.path)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "owner": self.owner.to_wire(),
-            "successors": refs_to_wire(self.successors),
-            "path": refs_to_wire(self.path),
-            "hops": self.hops,
-            "timeouts": self.timeouts,
-        }
-
-
-def _expect(args: list[Any], count: int, method: str) -> list[Any]:
-    if len(args) != count:
-        raise BadRequest(f"{method} takes {count} argument(s), got {len(args)}")
-    return args
-
-
-def _node_arg(value: Any, method: str) -> NodeRef:
-    try:
-        return NodeRef.from_wire(value)
-    except ValueError as exc:
-        raise BadRequest(f"{method}: {exc}") from None
-
-
 class ChordNode:
     """One Chord node bound to a transport."""
 
@@ -114,14 +80,15 @@ class ChordNode:
         self.config = config
         self.space = IdSpace(config.bits)
         self.transport = transport
-        ident = self.space.node_id(transport.address) if node_id is None else self.space.check(node_id)
+        ident = self._own_id(transport, node_id)
         self.me = NodeRef(ident, transport.address)
         self.routing = RoutingTable(self.me, self.space, config.successor_list_size)
         self.departed = DepartedPeers()
         self.rng = rng or random.Random(ident)
         self._next_finger = 0
         self._maintenance: trio.CancelScope | None = None
-        self._handlers: dict[str, Callable[[list[Any]], Any]] = {
+        self.info_extras: list[Callable[[], dict[str, int]]] = []  # services' figures for `info`
+        self._handlers: dict[str, RpcHandler] = {
             "ping": self._on_ping,
             "step": self._on_step,
             "notify": self._on_notify,
@@ -133,10 +100,21 @@ class ChordNode:
         }
         transport.set_handler(self.handle)
 
-    def register(self, method: str, handler: Callable[[list[Any]], Any]) -> None:
-        """Serve another RPC method (a service built on the ring, such as block storage)."""
-        if method in self._handlers:
-            raise ValueError(f"method {method!r} is already served")
+    def _own_id(self, transport: Transport, node_id: int | None) -> int:
+        """The ID the transport's certificate gives, else the one asked for, else
+        the hash of the address."""
+        bound = transport.local_node_id
+        if bound is not None:
+            if node_id is not None and node_id != bound:
+                raise ValueError(f"this node's certificate gives it ID {self.space.short(bound)}…; it cannot take another")
+            return bound
+        return self.space.node_id(transport.address) if node_id is None else self.space.check(node_id)
+
+    def register(self, method: str, handler: RpcHandler) -> None:
+        """Serve another RPC method (a service built on the ring, such as block
+        storage); who may call it is `messages.ALLOWED[method]`."""
+        if method in self._handlers or method not in messages.ALLOWED:
+            raise ValueError(f"method {method} is already served or has no entry in messages.ALLOWED")
         self._handlers[method] = handler
 
     def __repr__(self) -> str:
@@ -145,22 +123,35 @@ class ChordNode:
     # -- outgoing calls ------------------------------------------------------------
 
     async def call(self, node: NodeRef, method: str, *args: Any) -> Any:
-        """Call a peer, asking again after a timeout (a lost message is not a dead
-        node) up to `rpc_attempts` times; a refused connection is final."""
+        """Call the node `node` names, at its address and with its ID (a peer whose
+        certificate gives another ID is refused: IdentityMismatch), asking again
+        after a timeout (a lost message is not a dead node) up to `rpc_attempts`
+        times; a refused connection is final. The reply is not yet checked: use
+        `ask` where its shape matters."""
+        return await self._call(node.address, node.id, method, list(args))
+
+    async def ask(self, node: NodeRef, method: str, decode: Callable[[Any], T], *args: Any) -> T:
+        """`call`, with the reply checked by `decode` (BadReply when it does not fit)."""
+        return decode(await self.call(node, method, *args))
+
+    async def _call(self, address: str, node_id: int | None, method: str, args: list[Any]) -> Any:
         timeout = self.config.rpc_timeout
         for _ in range(self.config.rpc_attempts - 1):
             try:
-                return await self.transport.call(node.address, method, list(args), timeout=timeout)
+                return await self.transport.call(address, method, args, timeout=timeout, node_id=node_id)
             except CallTimeout:
                 pass
-        return await self.transport.call(node.address, method, list(args), timeout=timeout)
+        return await self.transport.call(address, method, args, timeout=timeout, node_id=node_id)
+
+    async def ping_address(self, address: str) -> NodeRef:
+        """Who answers at an address whose node we do not know yet (a bootstrap)."""
+        return messages.ping_reply(await self._call(address, None, "ping", []), self.space)
 
     async def _notify(self, node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
         """Tell node we may be its predecessor; get back the predecessor it had before
         (the paper's successor.predecessor) and its successor list."""
-        reply = await self.call(node, "notify", self.me.to_wire())
-        predecessor = NodeRef.from_wire(reply[0]) if reply[0] is not None else None
-        return predecessor, refs_from_wire(reply[1])
+        decode = lambda reply: messages.notify_reply(reply, self.space)  # noqa: E731
+        return await self.ask(node, "notify", decode, self.me.to_wire())
 
     # -- joining and leaving -----------------------------------------------------
 
@@ -191,7 +182,7 @@ class ChordNode:
             if attempt:  # give the ring a stabilize round to drop stale pointers
                 await trio.sleep(self.config.stabilize_interval)
             try:
-                entry = NodeRef.from_wire(await self.call(NodeRef(0, bootstrap), "ping"))
+                entry = await self.ping_address(bootstrap)
                 return await self._iterate(self.me.id, entry, self.config.lookup_timeout)
             except (TransportError, LookupFailed) as exc:
                 failure = exc
@@ -203,7 +194,7 @@ class ChordNode:
         if predecessor is None or not in_open(self.me.id, predecessor.id, self.routing.successor.id):
             return
         try:
-            adopted = await self.call(predecessor, "consider_successor", self.me.to_wire())
+            adopted = await self.ask(predecessor, "consider_successor", self._flag, self.me.to_wire())
         except (TransportError, RemoteError):
             return
         if adopted is True and self.routing.predecessor is None:
@@ -233,16 +224,19 @@ class ChordNode:
         cfg = self.config
         async with trio.open_nursery() as nursery:
             self._maintenance = nursery.cancel_scope
-            nursery.start_soon(self._every, cfg.stabilize_interval, self.stabilize)
-            nursery.start_soon(self._every, cfg.fix_fingers_interval, self.fix_fingers)
-            nursery.start_soon(self._every, cfg.check_predecessor_interval, self.check_predecessor)
+            nursery.start_soon(self.repeat, cfg.stabilize_interval, self.stabilize)
+            nursery.start_soon(self.repeat, cfg.fix_fingers_interval, self.fix_fingers)
+            nursery.start_soon(self.repeat, cfg.check_predecessor_interval, self.check_predecessor)
             task_status.started()
 
     def stop(self) -> None:
         if self._maintenance is not None:
             self._maintenance.cancel()
 
-    async def _every(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
+    async def repeat(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
+        """Run `action` every `interval` seconds (with the node's jitter) until
+        cancelled. A failure is logged and the next round goes on: nothing a peer
+        sends ends a maintenance task."""
         spread = self.config.jitter
         while True:
             await trio.sleep(interval * self.rng.uniform(1 - spread, 1 + spread))
@@ -250,6 +244,8 @@ class ChordNode:
                 await action()
             except (ChordError, ValueError) as exc:
                 log.debug("%r: %s failed: %s", self, action.__name__, exc)
+            except Exception:  # a bug, not a peer's doing: keep the node running and say so
+                log.exception("%r: %s failed unexpectedly", self, action.__name__)
 
     async def stabilize(self) -> None:
         """Verify our successor, adopt a closer one if it has appeared, and notify it.
@@ -344,7 +340,7 @@ class ChordNode:
         predecessor = self.routing.predecessor
         if (predecessor is None or answerer.id != predecessor.id) and in_open(self.me.id, answerer.id, result.owner.id):
             try:
-                if await self.call(answerer, "consider_successor", self.me.to_wire()) is True:
+                if await self.ask(answerer, "consider_successor", self._flag, self.me.to_wire()):
                     log.info("%r: %s was skipping us; it follows us now", self, answerer.address)
             except (TransportError, RemoteError):
                 pass
@@ -355,8 +351,8 @@ class ChordNode:
         if node is None:
             return None
         try:
-            answer = NodeRef.from_wire(await self.call(node, "ping"))
-        except (TransportError, RemoteError, ValueError):
+            answer = await self.ask(node, "ping", lambda reply: messages.ping_reply(reply, self.space))
+        except (TransportError, RemoteError):
             self.departed.probe_failed(node)
             return None
         self.departed.discard(node.id)
@@ -383,90 +379,48 @@ class ChordNode:
         return await self._iterate(key, self.me, timeout or self.config.lookup_timeout)
 
     async def _iterate(self, key: int, origin: NodeRef, timeout: float, exclude: frozenset[int] = frozenset()) -> LookupResult:
-        """Iterative routing from `origin` (this node, answered locally, or a
-        bootstrap node). The closest known node preceding the key is asked next;
-        a hop that fails joins the dead set, which every later step excludes, and a
-        node already asked is asked again when the dead set has grown since."""
-        frontier = {origin.address: origin}
-        asked: dict[str, int] = {}
-        dead: set[int] = set(exclude)
-        path: list[NodeRef] = []
-        timeouts = 0
-        with trio.move_on_after(timeout):
-            while frontier or self._ask_again(frontier, [origin, *path], asked, len(dead)):
-                hop = min(frontier.values(), key=lambda n: self.space.distance(n.id, key))
-                del frontier[hop.address]
-                asked[hop.address] = len(dead)
-                try:
-                    kind, nodes = await self._step(hop, key, dead)
-                except (TransportError, RemoteError, ValueError) as exc:
-                    timeouts += 1
-                    dead.add(hop.id)
-                    if self._drop_unreachable(hop):
-                        log.debug("%r: dropped unresponsive %s: %s", self, hop.address, exc)
-                    continue
-                if hop.address != self.me.address and hop not in path:
-                    path.append(hop)
-                if kind == "owner":
-                    return LookupResult(key, nodes[0], nodes, path, timeouts)
-                for node in nodes:
-                    if node.id not in dead and node.address not in asked and in_open(node.id, hop.id, key):
-                        frontier[node.address] = node
-            raise LookupFailed(f"no live route to key {self.space.short(key)} ({len(path)} hops, {timeouts} failed)")
-        raise LookupFailed(f"lookup of {self.space.short(key)} timed out after {timeout:g}s ({len(path)} hops)")
+        """Iterative routing (`dht.lookup`) from `origin`: this node, answered from
+        its own table, or a bootstrap node. Hops that fail are dropped from routing."""
+        return await iterate(
+            self.space, key, origin, self._step, timeout, exclude=exclude, local_address=self.me.address, on_dead=self._on_dead_hop
+        )
 
-    @staticmethod
-    def _ask_again(frontier: dict[str, NodeRef], answered: list[NodeRef], asked: dict[str, int], dead_count: int) -> bool:
-        """Put back the furthest node that answered before more hops were found dead."""
-        for node in reversed(answered):
-            if asked.get(node.address, dead_count) < dead_count:
-                frontier[node.address] = node
-                return True
-        return False
+    def _on_dead_hop(self, hop: NodeRef, error: ChordError) -> None:
+        if self._drop_unreachable(hop):
+            log.debug("%r: dropped unresponsive %s: %s", self, hop.address, error)
 
-    async def _step(self, hop: NodeRef, key: int, dead: set[int]) -> tuple[str, list[NodeRef]]:
+    async def _step(self, hop: NodeRef, key: int, dead: frozenset[int]) -> tuple[bool, list[NodeRef]]:
         if hop.address == self.me.address:
-            answer = self.routing.route(key, None, frozenset(dead))
-            return ("owner" if isinstance(answer, Owner) else "next"), answer.nodes
-        excluded = sorted(dead)[:MAX_EXCLUDED]
-        kind, nodes = await self.call(hop, "step", key, excluded) if excluded else await self.call(hop, "step", key)
-        if kind not in ("owner", "next") or (kind == "owner" and not nodes):
-            raise ValueError(f"bad step reply from {hop.address}: {kind!r}")
-        return kind, refs_from_wire(nodes)
+            answer = self.routing.route(key, None, dead)
+            return isinstance(answer, Owner), answer.nodes
+        return await remote_step(self.call, self.space, hop, key, dead)
 
     # -- serving -------------------------------------------------------------------
 
-    def handle(self, method: str, args: list[Any]) -> Any:
+    def handle(self, caller: PeerIdentity, method: str, args: list[Any]) -> Any:
         """Answer one incoming call: the result itself, or an awaitable of it for
-        calls that need the network (lookup). Bad requests raise BadRequest."""
+        calls that need the network (lookup). A call the caller's role may not
+        make raises Forbidden; bad arguments raise BadRequest."""
+        messages.check_allowed(caller, method)
         handler = self._handlers.get(method)
         if handler is None:
-            raise BadRequest(f"unknown method {method!r}")
-        return handler(args)
+            raise BadRequest(f"{method} is not served here")
+        return handler(caller, args)
 
-    def _key_arg(self, value: Any, method: str) -> int:
-        try:
-            return self.space.check(value)
-        except ValueError as exc:
-            raise BadRequest(f"{method}: {exc}") from None
+    def _flag(self, reply: Any) -> bool:
+        return messages.flag_reply(reply, "consider_successor")
 
-    def _on_ping(self, args: list[Any]) -> list[Any]:
+    def _on_ping(self, caller: PeerIdentity, args: list[Any]) -> list[Any]:
         return self.me.to_wire()
 
-    def _on_step(self, args: list[Any]) -> list[Any]:
-        if len(args) not in (1, 2):
-            raise BadRequest(f"step takes a key and an optional list of dead node IDs, got {len(args)} arguments")
-        key = self._key_arg(args[0], "step")
-        excluded = args[1] if len(args) == 2 else []
-        if not isinstance(excluded, list) or len(excluded) > MAX_EXCLUDED:
-            raise BadRequest(f"step: dead node IDs must be a list of at most {MAX_EXCLUDED}")
-        dead = frozenset(self._key_arg(ident, "step") for ident in excluded)
+    def _on_step(self, caller: PeerIdentity, args: list[Any]) -> list[Any]:
+        key, dead = messages.step_args(args, self.space)
         answer = self.routing.route(key, self.config.candidates_per_step, dead)
         return ["owner" if isinstance(answer, Owner) else "next", refs_to_wire(answer.nodes)]
 
-    def _on_notify(self, args: list[Any]) -> list[Any]:
-        (value,) = _expect(args, 1, "notify")
-        candidate = _node_arg(value, "notify")
+    def _on_notify(self, caller: PeerIdentity, args: list[Any]) -> list[Any]:
+        (value,) = messages.arguments(args, 1, "notify")
+        candidate = messages.self_arg(value, self.space, caller, "notify")
         routing = self.routing
         predecessor = routing.predecessor
         # A node that knows no other (a new ring's founder, or the last one left)
@@ -481,50 +435,58 @@ class ChordNode:
                 routing.set_successors(candidate, [])
         return [predecessor.to_wire() if predecessor else None, refs_to_wire(routing.successors)]
 
-    def _on_consider_successor(self, args: list[Any]) -> bool:
-        (value,) = _expect(args, 1, "consider_successor")
-        candidate = _node_arg(value, "consider_successor")
+    def _on_consider_successor(self, caller: PeerIdentity, args: list[Any]) -> bool:
+        (value,) = messages.arguments(args, 1, "consider_successor")
+        candidate = messages.self_arg(value, self.space, caller, "consider_successor")
         routing = self.routing
         if candidate.id == self.me.id or not in_open(candidate.id, self.me.id, routing.successor.id):
             return False
         routing.set_successors(candidate, routing.successors)
         return True
 
-    def _on_successor_leaving(self, args: list[Any]) -> None:
-        leaver_wire, successors_wire = _expect(args, 2, "successor_leaving")
-        leaver = _node_arg(leaver_wire, "successor_leaving")
-        try:
-            its_successors = [n for n in refs_from_wire(successors_wire) if n.id != self.me.id]
-        except ValueError as exc:
-            raise BadRequest(f"successor_leaving: {exc}") from None
+    def _on_successor_leaving(self, caller: PeerIdentity, args: list[Any]) -> None:
+        leaver_wire, successors_wire = messages.arguments(args, 2, "successor_leaving")
+        leaver = messages.self_arg(leaver_wire, self.space, caller, "successor_leaving")
+        its_successors = [n for n in messages.refs_arg(successors_wire, self.space, "successor_leaving") if n.id != self.me.id]
         was_successor = self.routing.successor.id == leaver.id
         self.routing.forget(leaver.id)
         self.departed.discard(leaver.id)
         if was_successor and its_successors:
             self.routing.set_successors(its_successors[0], its_successors[1:])
 
-    def _on_predecessor_leaving(self, args: list[Any]) -> None:
-        leaver_wire, predecessor_wire = _expect(args, 2, "predecessor_leaving")
-        leaver = _node_arg(leaver_wire, "predecessor_leaving")
-        replacement = None if predecessor_wire is None else _node_arg(predecessor_wire, "predecessor_leaving")
+    def _on_predecessor_leaving(self, caller: PeerIdentity, args: list[Any]) -> None:
+        leaver_wire, predecessor_wire = messages.arguments(args, 2, "predecessor_leaving")
+        leaver = messages.self_arg(leaver_wire, self.space, caller, "predecessor_leaving")
+        replacement = None if predecessor_wire is None else messages.node_arg(predecessor_wire, self.space, "predecessor_leaving")
         was_predecessor = self.routing.predecessor is not None and self.routing.predecessor.id == leaver.id
         self.routing.forget(leaver.id)
         self.departed.discard(leaver.id)
         if was_predecessor:
             self.routing.set_predecessor(replacement)
 
-    def _on_info(self, args: list[Any]) -> dict[str, Any]:
+    def info(self) -> NodeInfo:
+        """What `info` reports: this node's view of the ring and its services' figures."""
         routing = self.routing
-        return {
-            "address": self.me.address,
-            "id": self.me.id,
-            "bits": self.space.bits,
-            "predecessor": routing.predecessor.to_wire() if routing.predecessor else None,
-            "successors": refs_to_wire(routing.successors),
-            "fingers": refs_to_wire({f.id: f for f in routing.fingers if f is not None}.values()),
-        }
+        store: dict[str, int] = {}
+        for extra in self.info_extras:
+            store.update(extra())
+        fingers = list({f.id: f for f in routing.fingers if f is not None}.values())
+        return NodeInfo(self.me, self.space.bits, routing.predecessor, list(routing.successors), fingers, store)
 
-    async def _on_lookup(self, args: list[Any]) -> dict[str, Any]:
-        (key,) = _expect(args, 1, "lookup")
-        result = await self.lookup(self._key_arg(key, "lookup"))
+    def _on_info(self, caller: PeerIdentity, args: list[Any]) -> dict[str, Any]:
+        return self.info().to_wire()
+
+    async def _on_lookup(self, caller: PeerIdentity, args: list[Any]) -> dict[str, Any]:
+        (key,) = messages.arguments(args, 1, "lookup")
+        result = await self.lookup(messages.ring_id_arg(key, self.space, "lookup"))
         return result.to_wire()
+
+
+async def remote_step(
+    call: Callable[..., Awaitable[Any]], space: IdSpace, hop: NodeRef, key: int, dead: frozenset[int]
+) -> tuple[bool, list[NodeRef]]:
+    """One routing step asked of `hop` through `call(node, method, *args)`, its reply checked."""
+    excluded = sorted(dead)[: messages.MAX_EXCLUDED]
+    reply = await (call(hop, "step", key, excluded) if excluded else call(hop, "step", key))
+    return messages.step_reply(reply, space)
+

@@ -11,7 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from .errors import describe
 from .ids import IdSpace, in_half_open, in_open
+
+MAX_ADDRESS = 262  # a DNS name of 253 characters, a colon and a port, in brackets for IPv6
+MAX_REFS = 300  # node references in one message: successor lists and a 256-bit finger table
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,28 +29,27 @@ class NodeRef:
         return [self.address, self.id]
 
     @classmethod
-    def from_wire(cls, value: Any) -> "NodeRef":
-        """Decode [address, id]; raise ValueError on anything else."""
-        if (
-            not isinstance(value, (list, tuple))
-            or len(value) != 2
-            or not isinstance(value[0], str)
-            or isinstance(value[1], bool)
-            or not isinstance(value[1], int)
-            or value[1] < 0
-        ):
-            raise ValueError(f"expected a node reference [address, id], got {value!r}")
-        return cls(id=value[1], address=value[0])
+    def from_wire(cls, value: Any, space: IdSpace) -> "NodeRef":
+        """Decode [address, id], the ID inside `space`; raise ValueError on anything else."""
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise ValueError(f"expected a node reference [address, id], got {describe(value)}")
+        address, ident = value
+        if not isinstance(address, str) or not 0 < len(address) <= MAX_ADDRESS:
+            raise ValueError(f"a node address must be a string of 1..{MAX_ADDRESS} characters, got {describe(address)}")
+        if isinstance(ident, bool) or not isinstance(ident, int) or not 0 <= ident < space.size:
+            raise ValueError(f"a node ID must be an integer in [0, 2^{space.bits}), got {describe(ident)}")
+        return cls(id=ident, address=address)
 
 
 def refs_to_wire(nodes: Iterable[NodeRef]) -> list[list[Any]]:
     return [node.to_wire() for node in nodes]
 
 
-def refs_from_wire(value: Any) -> list[NodeRef]:
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"expected a list of node references, got {value!r}")
-    return [NodeRef.from_wire(item) for item in value]
+def refs_from_wire(value: Any, space: IdSpace, limit: int = MAX_REFS) -> list[NodeRef]:
+    """Decode a list of at most `limit` node references."""
+    if not isinstance(value, (list, tuple)) or len(value) > limit:
+        raise ValueError(f"expected a list of at most {limit} node references, got {describe(value)}")
+    return [NodeRef.from_wire(item, space) for item in value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +130,9 @@ class RoutingTable:
         if not successors:  # lost them all: forward through whatever else we know
             return Forward(self.closest_preceding(key, count, exclude))
         if in_half_open(key, self.me.id, successors[0].id):
-            return Owner(successors)
+            # A list that ends at our predecessor ran round the whole ring: we come next.
+            wrapped = predecessor is not None and successors[-1].id == predecessor.id
+            return Owner([*successors, self.me] if wrapped else successors)
         return Forward(self.closest_preceding(key, count, exclude))
 
     def closest_preceding(self, key: int, count: int | None = 3, exclude: frozenset[int] = frozenset()) -> list[NodeRef]:

@@ -203,7 +203,8 @@ class SimCluster:
 
     def client(self) -> DhtClient:
         """A client embedded in a random live node."""
-        return DhtClient.for_node(self.random_node())
+        replicas = self.storage.replicas if self.storage else 3
+        return DhtClient.for_node(self.random_node(), replicas=replicas)
 
     def copies(self, key: bytes) -> int:
         """How many live nodes hold a block."""

@@ -1,7 +1,8 @@
 """An in-memory network for running real nodes in virtual time.
 
 Owns simulated links: per-link latency, random loss, partitions between groups of
-addresses, and crash and restart of endpoints. Everything waits through trio, so
+addresses, and crash and restart of endpoints, and who each endpoint is (a `PeerIdentity`, so
+role checks and ID binding run in simulation too). Everything waits through trio, so
 under `trio.testing.MockClock(autojump_threshold=0)` virtual hours pass in wall
 seconds. A call costs two sleeps (request and reply) and runs the target's handler
 in the caller's task, which keeps the per-message cost low enough for thousands of
@@ -18,7 +19,8 @@ from typing import Any, Callable
 
 import trio
 
-from .errors import CallTimeout, RemoteError
+from .errors import CallTimeout, IdentityMismatch, RemoteError
+from .identity import UNAUTHENTICATED, PeerIdentity
 from .transport import Handler, remote_error_of
 from .wire import pack, unpack
 
@@ -71,12 +73,14 @@ class SimNetwork:
 
     # -- topology ---------------------------------------------------------------
 
-    def endpoint(self, address: str) -> "SimEndpoint":
-        """A new live endpoint at address, replacing any crashed one there."""
+    def endpoint(self, address: str, identity: PeerIdentity = UNAUTHENTICATED) -> "SimEndpoint":
+        """A new live endpoint at address, replacing any crashed one there. With an
+        authenticated identity, callers see its role and name, and a call naming
+        another node ID at this address fails as a TLS peer's would."""
         existing = self._endpoints.get(address)
         if existing is not None and existing.up:
             raise ValueError(f"address {address} is already in use")
-        endpoint = SimEndpoint(self, address)
+        endpoint = SimEndpoint(self, address, identity)
         self._endpoints[address] = endpoint
         return endpoint
 
@@ -132,13 +136,16 @@ class SimNetwork:
             await trio.sleep_forever()
         return payload
 
-    async def deliver(self, source: str, target: str, method: str, args: list[Any]) -> Any:
-        args = await self._one_way(source, target, method, args)
+    async def deliver(self, source: SimEndpoint, target: str, method: str, args: list[Any], node_id: int | None = None) -> Any:
+        args = await self._one_way(source.address, target, method, args)
         endpoint = self._endpoints.get(target)
         if endpoint is None or not endpoint.up or endpoint.handler is None:
             await trio.sleep_forever()
+        bound = endpoint.identity
+        if node_id is not None and bound.authenticated and bound.node_id != node_id:
+            raise IdentityMismatch(f"{target} is {bound}, not the node with the ID asked for")
         try:
-            result = endpoint.handler(method, args)
+            result = endpoint.handler(source.identity, method, args)
             if inspect.isawaitable(result):
                 result = await result
             ok = True
@@ -146,7 +153,7 @@ class SimNetwork:
             result, ok = remote_error_of(exc), False
         if not endpoint.up:  # crashed while handling: the reply never leaves
             await trio.sleep_forever()
-        result = await self._one_way(target, source, method, result)
+        result = await self._one_way(target, source.address, method, result)
         if not ok:
             raise RemoteError(*result)
         return result
@@ -155,9 +162,10 @@ class SimNetwork:
 class SimEndpoint:
     """One node's attachment to a SimNetwork; implements the Transport protocol."""
 
-    def __init__(self, network: SimNetwork, address: str) -> None:
+    def __init__(self, network: SimNetwork, address: str, identity: PeerIdentity = UNAUTHENTICATED) -> None:
         self.network = network
         self._address = address
+        self.identity = identity
         self.handler: Handler | None = None
         self.up = True
 
@@ -165,10 +173,14 @@ class SimEndpoint:
     def address(self) -> str:
         return self._address
 
+    @property
+    def local_node_id(self) -> int | None:
+        return self.identity.node_id if self.identity.authenticated else None
+
     def set_handler(self, handler: Handler) -> None:
         self.handler = handler
 
-    async def call(self, address: str, method: str, args: list[Any], *, timeout: float) -> Any:
+    async def call(self, address: str, method: str, args: list[Any], *, timeout: float, node_id: int | None = None) -> Any:
         with trio.move_on_after(timeout):
-            return await self.network.deliver(self._address, address, method, args)
+            return await self.network.deliver(self, address, method, args, node_id)
         raise CallTimeout(f"{method} to {address} timed out after {timeout:g}s")

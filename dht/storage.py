@@ -1,36 +1,43 @@
-"""Block storage on the ring: a node's block RPCs, replication, repair and hand-off.
+"""Block storage on the ring: a node's block RPCs, repair, proofs of possession and hand-off.
 
-Owns where copies live. A block lives on successor(key) and the next r−1 nodes.
-A put goes to the owner, which stores the block and forwards it to its r−1
-successors, answering with how many copies were made. A periodic repair pass has
-each node compare its own arc (predecessor, self] with its r−1 successors by
-digests of sub-arcs, descending only into sub-arcs that differ, then pushing what a
-successor lacks and pulling what it lacks itself (that is how a newly joined node
-receives its keys). A node drops a copy it is no longer a replica for only after
-every node of the key's replica set has confirmed holding it. A graceful leave
-first hands every key to the next r successors.
+Owns where copies live. A block lives on successor(key) and the next r−1 nodes. A
+client stores it on each of them itself (`DhtClient`), so every acknowledgement
+comes from a holder the client reached and authenticated. A periodic repair pass
+has each node compare its own arc (predecessor, self] with its r−1 successors by
+digests of sub-arcs, descending only into sub-arcs that differ, then pushing what
+a successor lacks and pulling what it lacks itself (that is how a newly joined
+node receives its keys).
+
+No copy is dropped on someone's word. A node drops a copy it is no longer a
+replica for, and a leaving node hands off its copies, only once every node of the
+new replica set has proved it holds the block: asked for the SHA-256 of a fresh
+nonce and the block's bytes (`merkle.possession_proof`), which only a holder of
+the bytes can compute. A node that cannot prove it is sent the block. A node with
+a capacity refuses new blocks when full (NodeFull); repair then moves on.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 from dataclasses import dataclass
 from itertools import takewhile
 from typing import Any
 
 import trio
 
+from . import messages
 from .blockstore import BlockStore
 from .errors import BadRequest, ChordError, RemoteError, TransportError
+from .identity import PeerIdentity
 from .ids import IdSpace, in_half_open
-from .merkle import HASH_SIZE, MAX_BLOCK
+from .merkle import MAX_BLOCK, possession_proof
 from .node import ChordNode
 from .routing import NodeRef
 
 log = logging.getLogger(__name__)
 
-MAX_LISTED_KEYS = 4096
-HAS_BATCH = 512
+HAND_OFF_ROUNDS = 3  # prove, push what is missing, prove again
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class StorageConfig:
             raise ValueError("replicas must be at least 1")
         if self.repair_interval <= 0:
             raise ValueError("repair_interval must be positive")
+        if not 1 <= self.sync_parts <= messages.MAX_SYNC_PARTS:
+            raise ValueError(f"sync_parts must be in 1..{messages.MAX_SYNC_PARTS}")
 
 
 @dataclass
@@ -54,12 +63,7 @@ class StorageStats:
     repair_pulled: int = 0
     repair_bytes: int = 0
     dropped: int = 0
-
-
-def _key_arg(value: Any) -> bytes:
-    if not isinstance(value, bytes) or len(value) != HASH_SIZE:
-        raise BadRequest("a block key must be 32 bytes")
-    return value
+    proofs_failed: int = 0
 
 
 class BlockService:
@@ -73,15 +77,19 @@ class BlockService:
         for method, handler in {
             "put_block": self._on_put_block,
             "get_block": self._on_get_block,
-            "has_blocks": self._on_has_blocks,
+            "prove_blocks": self._on_prove_blocks,
             "digests": self._on_digests,
             "list_keys": self._on_list_keys,
         }.items():
             node.register(method, handler)
+        node.info_extras.append(self.figures)
 
     @property
     def space(self) -> IdSpace:
         return self.node.space
+
+    def figures(self) -> dict[str, int]:
+        return {"replicas": self.config.replicas, **self.store.figures()}
 
     def replica_targets(self) -> list[NodeRef]:
         """The successors that hold copies of what this node owns."""
@@ -89,60 +97,32 @@ class BlockService:
 
     # -- RPC handlers ----------------------------------------------------------------------
 
-    async def _on_put_block(self, args: list[Any]) -> list[int]:
-        if len(args) != 3 or not isinstance(args[1], bytes) or not isinstance(args[2], bool):
-            raise BadRequest("put_block takes key, data (bytes) and replicate (bool)")
-        key, data, replicate = _key_arg(args[0]), args[1], args[2]
-        if len(data) > MAX_BLOCK:
-            raise BadRequest(f"block of {len(data)} bytes exceeds the {MAX_BLOCK}-byte limit")
-        await self.store.put(key, data)
-        if not replicate:
-            return [1, 1]
-        targets = self.replica_targets()
-        acks = 1
-        async with trio.open_nursery() as nursery:
-            for target in targets:
-                async def copy(target: NodeRef = target) -> None:
-                    nonlocal acks
-                    try:
-                        await self.node.call(target, "put_block", key, data, False)
-                        acks += 1
-                    except (TransportError, RemoteError) as exc:
-                        log.info("replica of %s to %s failed: %s", key.hex()[:12], target.address, exc)
-                nursery.start_soon(copy)
-        return [acks, 1 + len(targets)]
+    async def _on_put_block(self, caller: PeerIdentity, args: list[Any]) -> bool:
+        key, data = messages.put_args(args, MAX_BLOCK)
+        await self.store.put(key, data)  # verified against the key; NodeFull when full
+        return True
 
-    async def _on_get_block(self, args: list[Any]) -> bytes | None:
-        if len(args) != 1:
-            raise BadRequest("get_block takes a key")
-        return await self.store.get(_key_arg(args[0]))
+    async def _on_get_block(self, caller: PeerIdentity, args: list[Any]) -> bytes | None:
+        (key,) = messages.arguments(args, 1, "get_block")
+        return await self.store.get(messages.block_key_arg(key, "get_block"))
 
-    def _on_has_blocks(self, args: list[Any]) -> list[bool]:
-        if len(args) != 1 or not isinstance(args[0], list) or len(args[0]) > HAS_BATCH:
-            raise BadRequest(f"has_blocks takes a list of at most {HAS_BATCH} keys")
-        return [_key_arg(key) in self.store for key in args[0]]
+    async def _on_prove_blocks(self, caller: PeerIdentity, args: list[Any]) -> list[bytes | None]:
+        nonce, keys = messages.prove_args(args)
+        proofs: list[bytes | None] = []
+        for key in keys:
+            data = await self.store.get(key)
+            proofs.append(None if data is None else possession_proof(nonce, data))
+        return proofs
 
-    def _arc_args(self, args: list[Any], count: int, method: str) -> list[Any]:
-        if len(args) != count:
-            raise BadRequest(f"{method} takes {count} arguments")
-        try:
-            for value in args[:2]:
-                self.space.check(value)
-        except ValueError as exc:
-            raise BadRequest(f"{method}: {exc}") from None
-        return args
-
-    def _on_digests(self, args: list[Any]) -> list[list[int]]:
-        lo, hi, parts = self._arc_args(args, 3, "digests")
-        if not isinstance(parts, int) or not 1 <= parts <= 256:
-            raise BadRequest("digests: parts must be 1..256")
+    def _on_digests(self, caller: PeerIdentity, args: list[Any]) -> list[list[int]]:
+        lo, hi, parts = messages.digests_args(args, self.space)
         return [list(d) for d in self.store.digests(self.space.split_arc(lo, hi, parts))]
 
-    def _on_list_keys(self, args: list[Any]) -> list[bytes]:
-        lo, hi = self._arc_args(args, 2, "list_keys")
+    def _on_list_keys(self, caller: PeerIdentity, args: list[Any]) -> list[bytes]:
+        lo, hi = messages.arc_args(messages.arguments(args, 2, "list_keys"), self.space, "list_keys")
         keys = self.store.keys_in(lo, hi)
-        if len(keys) > MAX_LISTED_KEYS:
-            raise BadRequest(f"list_keys: {len(keys)} keys in that arc, more than {MAX_LISTED_KEYS}")
+        if len(keys) > messages.MAX_LISTED_KEYS:
+            raise BadRequest(f"list_keys: {len(keys)} keys in that arc, more than {messages.MAX_LISTED_KEYS}")
         return keys
 
     # -- maintenance -----------------------------------------------------------------------
@@ -150,13 +130,7 @@ class BlockService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Repair periodically (with the node's jitter) until cancelled."""
         task_status.started()
-        spread = self.node.config.jitter
-        while True:
-            await trio.sleep(self.config.repair_interval * self.node.rng.uniform(1 - spread, 1 + spread))
-            try:
-                await self.repair()
-            except (ChordError, ValueError) as exc:
-                log.debug("%r: repair failed: %s", self.node, exc)
+        await self.node.repeat(self.config.repair_interval, self.repair)
 
     async def repair(self) -> None:
         """One maintenance pass: bring our successors level with our own arc, then
@@ -166,17 +140,18 @@ class BlockService:
             for target in self.replica_targets():
                 try:
                     await self.sync_arc(target, predecessor.id, self.node.me.id, depth=0)
-                except (TransportError, RemoteError) as exc:
+                except ChordError as exc:  # unreachable, lying, full: the next pass tries again
                     log.info("%r: repair with %s failed: %s", self.node, target.address, exc)
         await self.drop_unneeded()
 
     async def sync_arc(self, peer: NodeRef, lo: int, hi: int, depth: int, pull: bool = True) -> None:
         """Make peer and us hold the same keys in (lo, hi], comparing digests of
         sub-arcs and descending only where they differ."""
-        arcs = self.space.split_arc(lo, hi, self.config.sync_parts)
-        theirs = await self.node.call(peer, "digests", lo, hi, self.config.sync_parts)
+        parts = self.config.sync_parts
+        arcs = self.space.split_arc(lo, hi, parts)
+        theirs = await self.node.ask(peer, "digests", lambda reply: messages.digests_reply(reply, len(arcs), self.space), lo, hi, parts)
         for (a, b), mine, their in zip(arcs, self.store.digests(arcs), theirs):
-            if list(mine) == list(their) or (not pull and mine[0] == 0):
+            if tuple(mine) == their or (not pull and mine[0] == 0):
                 continue
             if mine[0] + their[0] <= self.config.leaf_keys or depth >= self.config.max_depth:
                 await self._reconcile(peer, a, b, pull)
@@ -184,28 +159,28 @@ class BlockService:
                 await self.sync_arc(peer, a, b, depth + 1, pull)
 
     async def _reconcile(self, peer: NodeRef, lo: int, hi: int, pull: bool) -> None:
-        theirs = set(await self.node.call(peer, "list_keys", lo, hi))
+        theirs = set(await self.node.ask(peer, "list_keys", messages.keys_reply, lo, hi))
         mine = self.store.keys_in(lo, hi)
         for key in mine:
             if key not in theirs:
                 await self._push(peer, key)
         if pull:
             for key in sorted(theirs.difference(mine)):
-                data = await self.node.call(peer, "get_block", key)
-                if isinstance(data, bytes) and await self.store.put(key, data):
+                data = await self.node.ask(peer, "get_block", messages.block_reply, key)
+                if data is not None and await self.store.put(key, data):
                     self.stats.repair_pulled += 1
                     self.stats.repair_bytes += len(data)
 
     async def _push(self, peer: NodeRef, key: bytes) -> None:
         data = await self.store.get(key)
         if data is not None:
-            await self.node.call(peer, "put_block", key, data, False)
+            await self.node.call(peer, "put_block", key, data)
             self.stats.repair_pushed += 1
             self.stats.repair_bytes += len(data)
 
     async def drop_unneeded(self) -> None:
         """Drop copies of keys whose replica set no longer includes us, once every
-        member of that set has confirmed holding them (pushing to any that lack them)."""
+        member of that set has proved holding them (pushing to any that cannot)."""
         me, predecessor = self.node.me, self.node.routing.predecessor
         if predecessor is None:
             return
@@ -220,37 +195,72 @@ class BlockService:
             if any(node.id == me.id for node in replicas) or len(replicas) < self.config.replicas:
                 continue
             try:
-                await self._drop_if_confirmed(group, replicas)
-            except (TransportError, RemoteError) as exc:  # keep the copies; the next pass retries
+                await self._drop_if_proved(group, replicas)
+            except ChordError as exc:  # keep the copies; the next pass retries
                 log.info("%r: cannot confirm replicas of %d keys: %s", self.node, len(group), exc)
 
-    async def _drop_if_confirmed(self, keys: list[bytes], replicas: list[NodeRef]) -> None:
-        for start in range(0, len(keys), HAS_BATCH):
-            batch = keys[start : start + HAS_BATCH]
-            confirmed = [True] * len(batch)
-            for node in replicas:
-                held = await self.node.call(node, "has_blocks", batch)
-                for position, (key, present) in enumerate(zip(batch, held)):
-                    if not present:
-                        await self._push(node, key)
-                        confirmed[position] = False
-            for key, ok in zip(batch, confirmed):
-                if ok:
-                    await self.store.delete(key)
-                    self.stats.dropped += 1
+    async def _drop_if_proved(self, keys: list[bytes], replicas: list[NodeRef]) -> None:
+        for start in range(0, len(keys), messages.MAX_PROVE):
+            for key in await self.proved_by_all(keys[start : start + messages.MAX_PROVE], replicas):
+                await self.store.delete(key)
+                self.stats.dropped += 1
+
+    async def proved_by_all(self, keys: list[bytes], holders: list[NodeRef]) -> list[bytes]:
+        """The keys (at most MAX_PROVE, all held here) that every holder proved it
+        holds, answering a fresh challenge; a holder that cannot prove one is sent
+        the block, and proves it on a later round."""
+        nonce = secrets.token_bytes(16)
+        expected: dict[bytes, bytes] = {}
+        for key in keys:
+            data = await self.store.get(key)
+            if data is not None:
+                expected[key] = possession_proof(nonce, data)
+        proved = set(expected)
+        decode = lambda reply: messages.proofs_reply(reply, len(keys))  # noqa: E731
+        for holder in holders:
+            answers = await self.node.ask(holder, "prove_blocks", decode, nonce, keys)
+            for key, answer in zip(keys, answers):
+                if key in expected and answer != expected[key]:
+                    self.stats.proofs_failed += answer is not None  # a wrong answer, not a plain miss
+                    proved.discard(key)
+                    await self._push(holder, key)
+        return [key for key in keys if key in proved]
 
     # -- leaving ---------------------------------------------------------------------------
 
     async def leave(self) -> None:
-        """Hand every key to the next r live successors, then leave the ring."""
+        """Hand every key to the next r live successors, wait until each has proved
+        holding every key, then leave the ring."""
         me = self.node.me
-        handed = 0
+        holders: list[NodeRef] = []
         for target in list(self.node.routing.successors):
-            if handed == self.config.replicas:
+            if len(holders) == self.config.replicas:
                 break
             try:
                 await self.sync_arc(target, me.id, me.id, depth=0, pull=False)
-                handed += 1
-            except (TransportError, RemoteError) as exc:  # gone too: the next one down takes its place
+                holders.append(target)
+            except ChordError as exc:  # gone too: the next one down takes its place
                 log.warning("%r: hand-off to %s failed: %s", self.node, target.address, exc)
+        unproved = await self._prove_hand_off(holders)
+        if unproved:
+            log.warning("%r: leaving with %d blocks whose new holders did not prove them", self.node, unproved)
         await self.node.leave()
+
+    async def _prove_hand_off(self, holders: list[NodeRef]) -> int:
+        """Challenge the new holders for every key until all are proved or the
+        rounds run out; return how many keys stayed unproved."""
+        pending = self.store.keys()
+        for _ in range(HAND_OFF_ROUNDS):
+            if not pending or not holders:
+                break
+            still: list[bytes] = []
+            for start in range(0, len(pending), messages.MAX_PROVE):
+                batch = pending[start : start + messages.MAX_PROVE]
+                try:
+                    proved = set(await self.proved_by_all(batch, holders))
+                except (TransportError, RemoteError) as exc:
+                    log.warning("%r: hand-off proofs failed: %s", self.node, exc)
+                    proved = set()
+                still.extend(key for key in batch if key not in proved)
+            pending = still
+        return len(pending)

@@ -1,11 +1,19 @@
-"""The TCP transport: trio streams carrying the frames of `dht.wire`.
+"""The TCP transport: trio streams, plain or mutual TLS, carrying the frames of `dht.wire`.
 
-Owns sockets and nothing else. Outgoing calls share one persistent connection per
-peer, multiplexed by request ID, with a reader task that routes replies to their
-callers; every call has a deadline. Incoming connections are served with each
-request handled in its own task (bounded per connection), replies written under a
-lock. A peer that sends garbage, an oversized length, a stalled partial frame or an
-ill-typed message gets an error reply or a closed connection; the node goes on.
+Owns sockets and links, nothing else. Outgoing calls share one persistent
+connection per peer, multiplexed by request ID, with a reader task that routes
+replies to their callers; every call has a deadline. Incoming connections are
+served with each request handled in its own task (bounded per connection),
+replies written under a lock, and the caller's identity handed to the handler.
+
+With TLS credentials (`dht.tls`) every link is mutual TLS under the cluster CA: a
+connection that does not complete a handshake with a cluster certificate within
+`handshake_timeout` is closed and logged (rate-limited) with the peer's address
+and the reason. A call that names a node ID goes only to a peer whose certificate
+gives that ID (IdentityMismatch otherwise), and only to ring nodes. A peer that
+sends garbage, an oversized length, a stalled partial frame or an ill-typed
+message gets an error reply or a closed connection; the node goes on. Past
+`max_connections` open links, new ones are closed at once.
 """
 
 from __future__ import annotations
@@ -19,7 +27,21 @@ from typing import Any, AsyncIterator, Awaitable
 
 import trio
 
-from .errors import CallTimeout, ChordError, FrameTooLarge, PeerUnreachable, ProtocolError, RemoteError, TransportError
+from .addresses import advertised_address, split_address
+from .errors import (
+    CallTimeout,
+    CertificateError,
+    ChordError,
+    FrameTooLarge,
+    IdentityMismatch,
+    PeerUnreachable,
+    ProtocolError,
+    RemoteError,
+    TransportError,
+)
+from .identity import UNAUTHENTICATED, PeerIdentity, Role
+from .streams import SocketChannel
+from .tls import TlsCredentials, handshake_failure
 from .transport import Handler, remote_error_of
 from .wire import (
     MAX_FRAME,
@@ -37,17 +59,31 @@ log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
 MAX_HANDLERS_PER_CONNECTION = 128
+MAX_CONNECTIONS = 4096
+REFUSAL_LOG_EVERY = 10.0  # seconds: at most a few refusal lines per span, then a count
 
 
-def split_address(address: str) -> tuple[str, int]:
-    """Parse "host:port" (or "[v6]:port"); raise ValueError with the reason."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError(f"address {address!r} is not HOST:PORT")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port {port} in {address!r} is out of range")
-    return host.strip("[]"), port
+class RefusalLog:
+    """Log refused connections without letting a flood fill the log: the first
+    few in each span, then one line counting the rest."""
+
+    def __init__(self, per_span: int = 5, span: float = REFUSAL_LOG_EVERY) -> None:
+        self.per_span, self.span = per_span, span
+        self._span_start, self._logged, self._suppressed = -math.inf, 0, 0
+
+    def refused(self, peer: str, reason: str) -> None:
+        now = trio.current_time()
+        if now - self._span_start >= self.span:
+            if self._suppressed:
+                log.warning("refused %d more connections in the last %g s", self._suppressed, self.span)
+            self._span_start, self._logged, self._suppressed = now, 0, 0
+        if self._logged < self.per_span:
+            self._logged += 1
+            log.warning("refused a connection from %s: %s", peer, reason)
+        else:
+            self._suppressed += 1
+
+
 
 
 class _PendingCall:
@@ -62,13 +98,15 @@ class _PendingCall:
 class _ClientConnection:
     """One outgoing persistent connection and the calls waiting on it."""
 
-    def __init__(self, address: str, stream: trio.SocketStream, max_frame: int) -> None:
+    def __init__(self, address: str, stream: SocketChannel, max_frame: int, peer: PeerIdentity) -> None:
         self.address = address
         self.stream = stream
         self.max_frame = max_frame
+        self.peer = peer
         self.pending: dict[int, _PendingCall] = {}
         self.outbox = bytearray()
         self.sending = False
+        self.active = 0  # calls between entering _call and getting their answer
         self.closed = False
         self._next_id = 0
 
@@ -96,11 +134,13 @@ class _ClientConnection:
         except ProtocolError as exc:
             failure = ProtocolError(f"bad reply from {self.address}: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            failure = PeerUnreachable(f"connection to {self.address} lost: {exc}")
+            failure = PeerUnreachable(f"connection to {self.address} lost: {handshake_failure(exc) if self.stream.tls else exc}")
+        except Exception:  # a bug, not the peer's doing: fail the calls, keep the node
+            log.exception("reading replies from %s failed", self.address)
+            failure = PeerUnreachable(f"connection to {self.address} failed")
         finally:
             self.fail_all(failure)
-            with trio.CancelScope(shield=True):
-                await self.stream.aclose()
+            await trio.aclose_forcefully(self.stream)
 
     def fail_all(self, error: TransportError) -> None:
         self.closed = True
@@ -117,14 +157,22 @@ class TcpTransport:
         self,
         nursery: trio.Nursery,
         *,
+        tls: TlsCredentials | None = None,
         max_frame: int = MAX_FRAME,
         frame_timeout: float = 10.0,
         connect_timeout: float = 5.0,
+        handshake_timeout: float = 5.0,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._nursery = nursery
+        self.tls = tls
         self.max_frame = max_frame
         self.frame_timeout = frame_timeout
         self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.open_connections = 0
+        self.refusals = RefusalLog()
         self._address = ""
         self._handler: Handler | None = None
         self._connections: dict[str, _ClientConnection] = {}
@@ -135,26 +183,34 @@ class TcpTransport:
     def address(self) -> str:
         return self._address
 
+    @property
+    def local_node_id(self) -> int | None:
+        return self.tls.node_id if self.tls else None
+
     def set_handler(self, handler: Handler) -> None:
         self._handler = handler
 
     # -- calling ----------------------------------------------------------------
 
-    async def call(self, address: str, method: str, args: list[Any], *, timeout: float) -> Any:
+    async def call(self, address: str, method: str, args: list[Any], *, timeout: float, node_id: int | None = None) -> Any:
         with trio.move_on_after(timeout):
-            return await self._call(address, method, args)
+            return await self._call(address, method, args, node_id)
         raise CallTimeout(f"{method} to {address} timed out after {timeout:g}s")
 
-    async def _call(self, address: str, method: str, args: list[Any]) -> Any:
+    async def _call(self, address: str, method: str, args: list[Any], node_id: int | None) -> Any:
         connection = await self._connection(address)
+        if node_id is not None and connection.peer.authenticated and connection.peer.node_id != node_id:
+            raise IdentityMismatch(f"{address} is {connection.peer}, whose certificate gives another ID than the one asked for")
         request_id = connection.new_id()
         frame = encode_request(request_id, method, args, self.max_frame)
         waiter = _PendingCall()
         connection.pending[request_id] = waiter
+        connection.active += 1
         try:
             await self._send(connection, frame)
             await waiter.done.wait()
         finally:
+            connection.active -= 1
             connection.pending.pop(request_id, None)
         if waiter.error is not None:
             raise waiter.error
@@ -165,8 +221,9 @@ class TcpTransport:
 
     async def _send(self, connection: _ClientConnection, frame: bytes) -> None:
         """Queue a frame; the caller that finds no send under way sends everything
-        queued, so concurrent calls share syscalls and a lone call pays no extra
-        task switch."""
+        queued, so concurrent calls share syscalls (and TLS records). When other
+        calls are under way it first yields once, letting them queue theirs; a
+        lone call pays no extra task switch."""
         if connection.closed:
             raise PeerUnreachable(f"connection to {connection.address} closed")
         connection.outbox += frame
@@ -174,6 +231,8 @@ class TcpTransport:
             return  # the caller sending now carries this frame too
         connection.sending = True
         try:
+            if connection.active > 1:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             while connection.outbox:
                 data, connection.outbox = bytes(connection.outbox), bytearray()
                 await connection.stream.send_all(data)
@@ -190,7 +249,7 @@ class TcpTransport:
         if self._connections.get(connection.address) is connection:
             del self._connections[connection.address]
         connection.fail_all(PeerUnreachable(f"connection to {connection.address} dropped"))
-        self._nursery.start_soon(connection.stream.aclose)
+        self._nursery.start_soon(trio.aclose_forcefully, connection.stream)
 
     async def _connection(self, address: str) -> _ClientConnection:
         connection = self._connections.get(address)
@@ -201,18 +260,42 @@ class TcpTransport:
             connection = self._connections.get(address)
             if connection is not None and not connection.closed:
                 return connection
-            host, port = split_address(address)
+            try:
+                host, port = split_address(address)
+            except ValueError as exc:
+                raise PeerUnreachable(str(exc)) from None
             try:
                 with trio.fail_after(self.connect_timeout):
-                    stream = await trio.open_tcp_stream(host, port)
+                    channel = SocketChannel.of_stream(await trio.open_tcp_stream(host, port))
             except trio.TooSlowError:
                 raise CallTimeout(f"connecting to {address} timed out") from None
             except OSError as exc:
                 raise PeerUnreachable(f"cannot connect to {address}: {exc.strerror or exc}") from None
-            connection = _ClientConnection(address, stream, self.max_frame)
+            peer = await self._secure_client_side(address, channel)
+            connection = _ClientConnection(address, channel, self.max_frame, peer)
             self._connections[address] = connection
             self._nursery.start_soon(self._run_reader, connection)
             return connection
+
+    async def _secure_client_side(self, address: str, channel: SocketChannel) -> PeerIdentity:
+        """The TLS handshake of an outgoing link; the peer must be a ring node. The
+        channel is closed on any failure."""
+        if self.tls is None:
+            return UNAUTHENTICATED
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                await channel.start_tls(self.tls.client_context, server_side=False)
+            peer = self.tls.peer_identity(channel.peer_certificate())
+        except trio.TooSlowError:
+            await channel.aclose()
+            raise CallTimeout(f"TLS handshake with {address} timed out") from None
+        except (trio.BrokenResourceError, CertificateError) as exc:
+            await channel.aclose()
+            raise PeerUnreachable(f"TLS handshake with {address} failed: {handshake_failure(exc)}") from None
+        if peer.role is not Role.NODE:
+            await channel.aclose()
+            raise IdentityMismatch(f"{address} is {peer}, not a ring node")
+        return peer
 
     async def _run_reader(self, connection: _ClientConnection) -> None:
         try:
@@ -223,21 +306,49 @@ class TcpTransport:
 
     # -- serving ----------------------------------------------------------------
 
-    async def listen(self, host: str, port: int) -> None:
-        serve = functools.partial(trio.serve_tcp, self._serve_connection, port, host=host)
+    async def listen(self, host: str, port: int, advertise: str | None = None) -> None:
+        """Serve on host:port; peers are told `advertise` (or host:port). A wildcard
+        host needs an advertised address: ValueError, before binding."""
+        advertised_address(host, port or 1, advertise)  # fail before binding
+        serve = functools.partial(trio.serve_tcp, self._serve_connection, port, host=host or None)
         self.listeners = await self._nursery.start(serve)
-        bound_host, bound_port = self.listeners[0].socket.getsockname()[:2]
-        self._address = f"{host if host not in ('', '0.0.0.0') else bound_host}:{bound_port}"
+        bound_port = self.listeners[0].socket.getsockname()[1]
+        self._address = advertised_address(host, bound_port, advertise)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        channel = SocketChannel.of_stream(stream)
+        self.open_connections += 1
         try:
+            if self.open_connections > self.max_connections:
+                self.refusals.refused(channel.peer_name(), f"already {self.max_connections} open connections")
+                return
+            caller = await self._secure_server_side(channel)
+            if caller is None:
+                return
             async with trio.open_nursery() as handlers:
-                connection = _ServerConnection(stream, handlers, self._handler, self.max_frame)
+                connection = _ServerConnection(channel, handlers, self._handler, self.max_frame, caller)
                 await connection.serve(self.frame_timeout)
                 handlers.cancel_scope.cancel()  # the client is gone: nobody awaits these replies
         finally:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+            self.open_connections -= 1
+            await channel.aclose()
+
+    async def _secure_server_side(self, channel: SocketChannel) -> PeerIdentity | None:
+        """The TLS handshake of an incoming link: the caller, or None after logging
+        who was refused and why."""
+        if self.tls is None:
+            return UNAUTHENTICATED
+        peer = channel.peer_name()
+        try:
+            with trio.fail_after(self.handshake_timeout):
+                await channel.start_tls(self.tls.server_context, server_side=True)
+            return self.tls.peer_identity(channel.peer_certificate())
+        except trio.TooSlowError:
+            reason = f"no TLS handshake within {self.handshake_timeout:g} s"
+        except (trio.BrokenResourceError, trio.ClosedResourceError, CertificateError) as exc:
+            reason = handshake_failure(exc)
+        self.refusals.refused(peer, reason)
+        return None
 
 
 class _ServerConnection:
@@ -246,11 +357,14 @@ class _ServerConnection:
     single send; a handler that returns an awaitable runs in its own task, at most
     MAX_HANDLERS_PER_CONNECTION at a time."""
 
-    def __init__(self, stream: trio.SocketStream, handlers: trio.Nursery, handler: Handler | None, max_frame: int) -> None:
+    def __init__(
+        self, stream: SocketChannel, handlers: trio.Nursery, handler: Handler | None, max_frame: int, caller: PeerIdentity
+    ) -> None:
         self.stream = stream
         self.handlers = handlers
         self.handler = handler
         self.max_frame = max_frame
+        self.caller = caller
         self.send_lock = trio.Lock()
         self.limiter = trio.CapacityLimiter(MAX_HANDLERS_PER_CONNECTION)
         self.outbox = bytearray()
@@ -292,7 +406,7 @@ class _ServerConnection:
         try:
             if self.handler is None:
                 raise RemoteError("Unavailable", "this endpoint serves no calls")
-            result = self.handler(request.method, request.args)
+            result = self.handler(self.caller, request.method, request.args)
         except Exception as exc:  # reported to the caller, never fatal to the node
             self.outbox += self.error_frame(request, exc)
             return
@@ -322,8 +436,8 @@ class _ServerConnection:
             return self.error_frame(request, exc)
 
     def error_frame(self, request: Request, exc: Exception) -> bytes:
-        if not isinstance(exc, (ValueError, LookupError, ChordError)):
-            log.exception("handler for %s failed", request.method, exc_info=exc)
+        if not isinstance(exc, ChordError):  # a bug: the caller hears of it, the log shows where
+            log.error("handler for %s failed", request.method, exc_info=exc)
         return encode_error(request.request_id, *remote_error_of(exc))
 
     async def flush(self) -> None:
@@ -341,17 +455,18 @@ class _ServerConnection:
 
 @asynccontextmanager
 async def open_tcp_transport(
-    host: str | None = "127.0.0.1", port: int = 0, **options: Any
+    host: str | None = "127.0.0.1", port: int = 0, *, advertise: str | None = None, **options: Any
 ) -> AsyncIterator[TcpTransport]:
     """A TCP transport listening on host:port (port 0 picks one), or a call-only
-    client when host is None. Closes every connection on exit. An exception from
-    the body (or from binding) comes out as itself, not wrapped in a group: the
-    transport's own tasks never raise."""
+    client when host is None; `tls=` credentials make every link mutual TLS.
+    Closes every connection on exit. An exception from the body (or from binding)
+    comes out as itself, not wrapped in a group: the transport's own tasks never
+    raise."""
     try:
         async with trio.open_nursery() as nursery:
             transport = TcpTransport(nursery, **options)
             if host is not None:
-                await transport.listen(host, port)
+                await transport.listen(host, port, advertise)
             try:
                 yield transport
             finally:

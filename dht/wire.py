@@ -3,7 +3,8 @@
 A frame is a 4-byte big-endian length followed by that many bytes of msgpack.
 Requests are ``[request_id, method, args]`` and replies ``[request_id, ok, result]``
 where ``result`` is ``[kind, message]`` when ok is false. Integers wider than 64 bits
-(ring identifiers) travel as msgpack extension type 1, big-endian two's complement.
+(ring identifiers) travel as msgpack extension type 1, big-endian two's complement,
+at most `MAX_BIGINT_BYTES` long: no frame can carry an integer too large to print.
 
 `FrameDecoder` is an incremental parser in the manner of h11: feed it bytes, pull
 complete messages out; it raises typed errors and never touches a socket.
@@ -17,12 +18,14 @@ from typing import Any
 
 import msgpack
 
-from .errors import FrameTooLarge, ProtocolError
+from .errors import FrameTooLarge, ProtocolError, describe
 
 MAX_BLOCK = 1 << 20
 MAX_FRAME = MAX_BLOCK + 64 * 1024
 _LENGTH = struct.Struct(">I")
 _BIGINT_EXT = 1
+MAX_BIGINT_BYTES = 40  # room for a 256-bit ID and its sign; nothing on the wire is wider
+MAX_ERROR_MESSAGE = 1000  # characters of an error reply's message
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,10 @@ def _pack_default(value: Any) -> Any:
 def _ext_hook(code: int, data: bytes) -> Any:
     if code != _BIGINT_EXT:
         raise ProtocolError(f"unknown msgpack extension type {code}")
+    if len(data) > MAX_BIGINT_BYTES:
+        raise ProtocolError(f"an integer of {len(data)} bytes exceeds the {MAX_BIGINT_BYTES}-byte limit")
     return int.from_bytes(data, "big", signed=True)
+
 
 
 def pack(value: Any) -> bytes:
@@ -62,7 +68,7 @@ def pack(value: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     """Decode one msgpack value; raise ProtocolError on anything malformed."""
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False)
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for bad input
@@ -85,7 +91,7 @@ def encode_reply(request_id: int | None, ok: bool, result: Any, max_frame: int =
 
 
 def encode_error(request_id: int | None, kind: str, message: str) -> bytes:
-    return encode_reply(request_id, False, [kind, message])
+    return encode_reply(request_id, False, [kind[:100], message[:MAX_ERROR_MESSAGE]])
 
 
 class FrameDecoder:
@@ -126,14 +132,14 @@ def parse_request(payload: bytes) -> Request:
     """Decode and validate a request frame's payload."""
     message = unpack(payload)
     if not isinstance(message, list) or len(message) != 3:
-        raise ProtocolError(f"a request must be [request_id, method, args], got {message!r:.80}")
+        raise ProtocolError(f"a request must be [request_id, method, args], got {describe(message)}")
     request_id, method, args = message
     if not _is_id(request_id):
-        raise ProtocolError(f"request_id must be an unsigned 64-bit integer, got {request_id!r:.40}")
+        raise ProtocolError(f"request_id must be an unsigned 64-bit integer, got {describe(request_id)}")
     if not isinstance(method, str):
-        raise ProtocolError(f"method must be a string, got {method!r:.40}")
+        raise ProtocolError(f"method must be a string, got {describe(method)}")
     if not isinstance(args, list):
-        raise ProtocolError(f"args must be a list, got {args!r:.40}")
+        raise ProtocolError(f"args must be a list, got {describe(args)}")
     return Request(request_id, method, args)
 
 
@@ -141,12 +147,12 @@ def parse_reply(payload: bytes) -> Reply:
     """Decode and validate a reply frame's payload."""
     message = unpack(payload)
     if not isinstance(message, list) or len(message) != 3 or not isinstance(message[1], bool):
-        raise ProtocolError(f"a reply must be [request_id, ok, result], got {message!r:.80}")
+        raise ProtocolError(f"a reply must be [request_id, ok, result], got {describe(message)}")
     request_id, ok, result = message
     if not _is_id(request_id):
-        raise ProtocolError(f"reply request_id must be an unsigned 64-bit integer, got {request_id!r:.40}")
+        raise ProtocolError(f"reply request_id must be an unsigned 64-bit integer, got {describe(request_id)}")
     if not ok and not (isinstance(result, list) and len(result) == 2 and all(isinstance(x, str) for x in result)):
-        raise ProtocolError(f"an error reply must carry [kind, message], got {result!r:.80}")
+        raise ProtocolError(f"an error reply must carry [kind, message], got {describe(result)}")
     return Reply(request_id, ok, result)
 
 

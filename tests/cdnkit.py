@@ -13,7 +13,10 @@ import trio
 
 from edge.httpserver import Limits, Request, Response, bound_port, serve_http, simple_response
 from edge.proxy import Edge, EdgeConfig
+from dht.identity import Role
 from tools.edgerun import run_edge
+
+from .processes import pki
 
 
 @dataclass
@@ -78,12 +81,14 @@ async def start_edges(
     nursery: trio.Nursery, origin: str, count: int, *, dht: str | None = None, disk_dirs: list[str] | None = None,
     limits: Limits = Limits(), **options: object,
 ) -> list[Edge]:
-    """`count` edges named e0, e1, ... that know each other."""
+    """`count` edges named e0, e1, ... that know each other; with `dht`, each
+    reads the ring with a reader certificate from the test PKI."""
     edges = []
     for index in range(count):
         disk = disk_dirs[index] if disk_dirs else None
         config = EdgeConfig(name=f"e{index}", origin=origin, dht=dht, disk_dir=disk, **options)  # type: ignore[arg-type]
-        edges.append(await nursery.start(run_edge, config, "127.0.0.1", 0, limits))
+        ring_tls = pki().credentials(f"edge-{index}", Role.READER) if dht else None
+        edges.append(await nursery.start(run_edge, config, "127.0.0.1", 0, limits, ring_tls))
     introduce(edges)
     return edges
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import httpx
 import trio
 
-from .processes import CHORDCDN, chordcdn, node_processes
+from dht.identity import Role
+
+from .processes import CHORDCDN, chordcdn, credential_flags, node_processes
 
 LISTENING = re.compile(rb"listening on (127\.0\.0\.1:\d+)")
 
@@ -43,7 +45,10 @@ async def test_origin_nodes_and_two_edges_as_processes(tmp_path: Path) -> None:
     processes: list[trio.Process] = []
     async with node_processes(3) as nodes:
         try:
-            origin, origin_address = await start("origin", "--root", str(tmp_path / "site"), "--listen", "127.0.0.1:0", "--dht", nodes[0].address)
+            origin, origin_address = await start(
+                "origin", "--root", str(tmp_path / "site"), "--listen", "127.0.0.1:0", "--dht", nodes[0].address,
+                *credential_flags("origin", Role.CLIENT, "ring-"),
+            )
             processes.append(origin)
             ports = [free_port(), free_port()]
             peers = ",".join(f"e{i}=http://127.0.0.1:{port}" for i, port in enumerate(ports))
@@ -51,6 +56,7 @@ async def test_origin_nodes_and_two_edges_as_processes(tmp_path: Path) -> None:
                 edge, _ = await start(
                     "edge", "--listen", f"127.0.0.1:{port}", "--name", f"e{index}", "--origin", f"http://{origin_address}",
                     "--dht", nodes[index + 1].address, "--peers", peers, "--disk-cache", f"{tmp_path}/disk{index}:64MiB",
+                    *credential_flags(f"edge-{index}", Role.READER, "ring-"),
                 )
                 processes.append(edge)
             async with httpx.AsyncClient(timeout=20) as client:

@@ -8,14 +8,16 @@ with SIGKILL and stops one with SIGTERM. Every wait polls against a deadline.
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pytest
 import trio
 
+from dht.identity import Role
 from dht.ids import IdSpace
 
-from .processes import check_passes_within, chordcdn, node_processes
+from .processes import check_passes_within, chordcdn, client_environment, node_processes
 
 async def ring_json(via: str) -> dict:
     result = await chordcdn("ring", "--via", via, "--json")
@@ -36,7 +38,10 @@ async def test_four_processes_sigkill_and_check_passes_again() -> None:
 
 
 async def test_check_reports_wrong_links_with_exit_1() -> None:
-    async with node_processes(3) as nodes:
+    # Slow failure detection, so the neighbours still point at the frozen node
+    # while `ring --check` (a process that starts up first) walks the ring.
+    patient = ["--rpc-timeout", "10", "--stabilize-interval", "0.5"]
+    async with node_processes(3, [patient] * 3) as nodes:
         await check_passes_within(nodes[0].address)
         # Freeze one node (SIGSTOP): it stops answering but keeps its sockets, so
         # its neighbours still point at it until they notice.
@@ -89,13 +94,32 @@ async def test_sigterm_is_a_graceful_leave() -> None:
         (["ring", "--via", "nonsense"], 2, b"is not HOST:PORT"),
         (["lookup", "k", "--via", "127.0.0.1:1"], 3, b"cannot reach"),
         (["node", "--listen", "127.0.0.1:0", "--join", "127.0.0.1:1"], 3, b"cannot join via 127.0.0.1:1"),
-        (["node", "--listen", "127.0.0.1:0", "--id", "xyz"], 2, b"not a hexadecimal identifier"),
+        (["node", "--listen", "127.0.0.1:0", "--id", "xyz", "--insecure"], 2, b"not a hexadecimal identifier"),
+        (["node", "--listen", "127.0.0.1:0", "--id", "ab"], 2, b"comes from its certificate"),
+        (["node", "--listen", "0.0.0.0:0"], 2, b"--advertise"),
+        (["node", "--listen", "127.0.0.1:0", "--advertise", "0.0.0.0:4000"], 2, b"unspecified address"),
     ],
 )
 async def test_bad_input_gets_a_clear_error(args: list[str], code: int, message: bytes) -> None:
-    result = await chordcdn(*args)
+    env = client_environment("cli-node", Role.NODE) if args[0] == "node" else None
+    result = await chordcdn(*args, env=env)
     assert result.returncode == code, result.stderr
     assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("role", "extra", "message"),
+    [
+        (Role.READER, [], b"is a reader certificate; this needs a node one"),
+        (None, [], b"missing --cert, --key, --ca"),
+        (Role.NODE, ["--ca", "/nonexistent/ca.crt"], b"/nonexistent/ca.crt"),
+    ],
+)
+async def test_node_credentials_problems_are_clear(role: Role | None, extra: list[str], message: bytes) -> None:
+    env = client_environment("cli-wrong", role) if role else {k: v for k, v in os.environ.items() if not k.startswith("CHORDCDN_")}
+    result = await chordcdn("node", "--listen", "127.0.0.1:0", *extra, env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and b"Traceback" not in result.stderr
 
 
 async def test_demo_once_runs_the_whole_cdn_and_content_flows_through_every_tier() -> None:

@@ -51,14 +51,15 @@ async def test_restart_with_the_same_data_directory_serves_the_blocks(tmp_path: 
         await check_passes_within(nodes[0].address)
         cid = await put(source, nodes[0].address)
         addresses = [node.address for node in nodes]
+        names = [node.name for node in nodes]
         for node in nodes:  # every holder dies at once: only the disks remain
             node.process.send_signal(signal.SIGKILL)
         with trio.fail_after(10):
             for node in nodes:
                 await node.process.wait()
-        restarted = [await start_node(None, addresses[0], *flags[0])]
-        for address, extra in zip(addresses[1:], flags[1:]):
-            restarted.append(await start_node(addresses[0], address, *extra))
+        restarted = [await start_node(None, addresses[0], *flags[0], name=names[0])]
+        for address, extra, name in zip(addresses[1:], flags[1:], names[1:]):
+            restarted.append(await start_node(addresses[0], address, *extra, name=name))
         nodes.extend(restarted)
         assert all(b" blocks in " in node.output and b", 0 blocks" not in node.output for node in restarted)
         await check_passes_within(addresses[0])

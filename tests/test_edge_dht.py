@@ -3,6 +3,7 @@ from the ring by CID, verified, instead of from the origin."""
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -11,11 +12,12 @@ import pytest
 import trio
 
 from dht.node import ChordNode, NodeConfig
-from origin.run import RunningOrigin, run_origin
+from tools.originrun import RunningOrigin, run_origin
 from origin.server import OriginConfig
 from tools.noderun import serve_local_node
 
 from .cdnkit import edge_url, owner_of, start_edges, tier_of
+from .test_tcp_ring import client_credentials, node_credentials
 
 FAST = NodeConfig(stabilize_interval=0.2, fix_fingers_interval=0.1, check_predecessor_interval=0.2, rpc_timeout=0.5)
 LARGE = os.urandom(3 * 1024 * 1024 + 123)  # several leaves
@@ -24,7 +26,8 @@ LARGE = os.urandom(3 * 1024 * 1024 + 123)  # several leaves
 async def start_ring(nursery: trio.Nursery, count: int) -> list[ChordNode]:
     ring: list[ChordNode] = []
     for _ in range(count):
-        ring.append(await nursery.start(serve_local_node, ring[0].me.address if ring else None, FAST))
+        serve = functools.partial(serve_local_node, ring[0].me.address if ring else None, FAST, tls=node_credentials())
+        ring.append(await nursery.start(serve))
     with trio.fail_after(20):
         while not all(node.routing.successors for node in ring):
             await trio.sleep(0.05)
@@ -36,7 +39,8 @@ async def published(nursery: trio.Nursery, tmp_path: Path) -> tuple[list[ChordNo
     (tmp_path / "large.bin").write_bytes(LARGE)
     (tmp_path / "note.txt").write_text("from the ring\n")
     ring = await start_ring(nursery, 4)
-    running = await nursery.start(run_origin, OriginConfig(root=tmp_path, rescan=0.5), "127.0.0.1", 0, ring[0].me.address)
+    serve = functools.partial(run_origin, OriginConfig(root=tmp_path, rescan=0.5), "127.0.0.1", 0, ring[0].me.address, ring_tls=client_credentials())
+    running = await nursery.start(serve)
     with trio.fail_after(30):
         await running.origin.wait_published()
     return ring, running

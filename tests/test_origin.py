@@ -6,6 +6,8 @@ Real time: every wait polls a condition against a deadline.
 
 from __future__ import annotations
 
+import functools
+
 import io
 import os
 import random
@@ -30,11 +32,11 @@ from dht.storage import BlockService, StorageConfig
 from dht.tcp import open_tcp_transport
 from edge.validators import format_http_date
 from origin.catalog import BadPath, Catalog, ForbiddenPath, NotFoundError, cid_of
-from origin.run import RunningOrigin, run_origin
+from tools.originrun import RunningOrigin, run_origin
 from origin.server import Origin, OriginConfig, parse_cache_control_rule
 
 from .processes import CHORDCDN, chordcdn
-from .test_tcp_ring import QUICK, LocalRing, eventually
+from .test_tcp_ring import QUICK, LocalRing, client_credentials, eventually, node_credentials
 
 BIG = random.Random(5).randbytes(700_000)  # three 256 KiB chunks: a real DAG
 
@@ -74,7 +76,8 @@ class Served:
 
 
 async def start_origin(nursery: trio.Nursery, config: OriginConfig, dht: str | None = None) -> RunningOrigin:
-    return await nursery.start(run_origin, config, "127.0.0.1", 0, dht)
+    ring_tls = client_credentials() if dht else None
+    return await nursery.start(functools.partial(run_origin, config, "127.0.0.1", 0, dht, ring_tls=ring_tls))
 
 
 @pytest.fixture
@@ -344,10 +347,10 @@ class MemoryRing:
 
     async def call(self, node: NodeRef, method: str, *args: Any) -> Any:
         assert method == "put_block"
-        key, data, _ = args
+        key, data = args
         assert block_hash(data) == key
         self.blocks[key] = data
-        return [1, 1]
+        return True
 
     async def locate(self, position: int) -> list[NodeRef]:
         return [self.me]
@@ -408,7 +411,7 @@ class StoringRing(LocalRing):
     @staticmethod
     async def _serve(join: str | None, task_status: trio.TaskStatus[tuple[ChordNode, trio.CancelScope]]) -> None:
         with trio.CancelScope() as scope:
-            async with open_tcp_transport("127.0.0.1", 0) as transport:
+            async with open_tcp_transport("127.0.0.1", 0, tls=node_credentials()) as transport:
                 node = ChordNode(transport, QUICK)
                 BlockService(node, MemoryBlockStore(node.space), StorageConfig(replicas=3))
                 await node.join(join)
@@ -419,7 +422,7 @@ class StoringRing(LocalRing):
 
 
 async def read_back(via: str, cid: str) -> bytes:
-    async with open_tcp_transport(None) as transport:
+    async with open_tcp_transport(None, tls=client_credentials()) as transport:
         client = await DhtClient.via(transport, via)
         chunks: list[bytes] = []
 

@@ -12,7 +12,9 @@ from trio.testing import MockClock
 
 from dht.ids import IdSpace
 from dht.routing import NodeRef
-from tools.ringwalk import NodeInfo, RingView, render_ring, ring_problems, walk
+from dht.errors import BadReply
+from dht.messages import NodeInfo
+from tools.ringwalk import RingView, render_ring, ring_problems, walk
 
 from .conftest import ClusterFactory
 
@@ -142,19 +144,12 @@ def test_from_wire_round_trips_the_info_reply_shape() -> None:
         "predecessor": A.to_wire(),
         "successors": [C.to_wire(), D.to_wire()],
         "fingers": [C.to_wire(), A.to_wire()],
+        "store": {"blocks": 3},
     }
     decoded = NodeInfo.from_wire(reply)
-    assert decoded == NodeInfo(me=B, bits=8, predecessor=A, successors=[C, D], fingers=[C, A])
+    assert decoded == NodeInfo(me=B, bits=8, predecessor=A, successors=[C, D], fingers=[C, A], store={"blocks": 3})
     assert decoded.successor == C
-    back = {
-        "address": decoded.me.address,
-        "id": decoded.me.id,
-        "bits": decoded.bits,
-        "predecessor": decoded.predecessor.to_wire() if decoded.predecessor else None,
-        "successors": [n.to_wire() for n in decoded.successors],
-        "fingers": [n.to_wire() for n in decoded.fingers],
-    }
-    assert back == reply
+    assert decoded.to_wire() == reply
 
 
 def test_from_wire_lone_node_has_no_predecessor_and_is_its_own_successor() -> None:
@@ -164,8 +159,15 @@ def test_from_wire_lone_node_has_no_predecessor_and_is_its_own_successor() -> No
 
 @pytest.mark.parametrize("value", [None, [], ["a:1", 16], "info", 42])
 def test_from_wire_rejects_a_non_map(value: object) -> None:
-    with pytest.raises(ValueError, match="must be a map"):
+    with pytest.raises(BadReply, match="expected a map"):
         NodeInfo.from_wire(value)
+
+
+@pytest.mark.parametrize("change", [{"bits": 10**2000}, {"id": 2**8}, {"successors": "x"}, {"store": {"blocks": -1}}, {"bits": None}])
+def test_from_wire_rejects_bad_fields_without_crashing(change: dict[str, Any]) -> None:
+    reply = {"address": "a:1", "id": 0x10, "bits": 8, "predecessor": None, "successors": [], "fingers": [], **change}
+    with pytest.raises(BadReply):
+        NodeInfo.from_wire(reply)
 
 
 # -- walk over a simulated ring -------------------------------------------------------------

@@ -79,34 +79,44 @@ def test_noderef_to_wire_is_address_then_id() -> None:
     assert NodeRef(42, "h:1").to_wire() == ["h:1", 42]
 
 
-@pytest.mark.parametrize("value", [["h:1", 0], ("h:1", 2**256 - 1), ["", 7]])
+FULL = IdSpace(256)
+
+
+@pytest.mark.parametrize("value", [["h:1", 0], ("h:1", 2**256 - 1), ["x" * 262, 7]])
 def test_noderef_from_wire_round_trip(value: list | tuple) -> None:
-    node = NodeRef.from_wire(value)
+    node = NodeRef.from_wire(value, FULL)
     assert (node.address, node.id) == (value[0], value[1])
-    assert NodeRef.from_wire(node.to_wire()) == node
+    assert NodeRef.from_wire(node.to_wire(), FULL) == node
 
 
 @pytest.mark.parametrize(
     "value",
     [[], ["h:1"], ["h:1", 1, 2], [1, 1], [b"h:1", 1], ["h:1", -1], ["h:1", True], ["h:1", False],
-     ["h:1", "1"], ["h:1", 1.0], "h:1", None, {"h:1": 1}, [1, "h:1"]],
+     ["h:1", "1"], ["h:1", 1.0], "h:1", None, {"h:1": 1}, [1, "h:1"], ["", 7], ["x" * 263, 7],
+     ["h:1", 2**256], ["h:1", 10**2000]],
 )
 def test_noderef_from_wire_rejects_bad_shapes(value: object) -> None:
     with pytest.raises(ValueError):
-        NodeRef.from_wire(value)
+        NodeRef.from_wire(value, FULL)
+
+
+def test_noderef_ids_must_fit_the_space() -> None:
+    assert NodeRef.from_wire(["h:1", 255], IdSpace(8)).id == 255
+    with pytest.raises(ValueError, match=r"2\^8"):
+        NodeRef.from_wire(["h:1", 256], IdSpace(8))
 
 
 def test_refs_round_trip() -> None:
     nodes = [ref(10), ref(50)]
     assert refs_to_wire(nodes) == [["n10:7000", 10], ["n50:7000", 50]]
-    assert refs_from_wire(refs_to_wire(nodes)) == nodes
-    assert refs_from_wire(()) == []
+    assert refs_from_wire(refs_to_wire(nodes), FULL) == nodes
+    assert refs_from_wire((), FULL) == []
 
 
-@pytest.mark.parametrize("value", ["h:1", None, {"a": 1}, 5, [["h:1", 1], ["h:2", -1]], [["h:1"]]])
+@pytest.mark.parametrize("value", ["h:1", None, {"a": 1}, 5, [["h:1", 1], ["h:2", -1]], [["h:1"]], [["h:1", 1]] * 301])
 def test_refs_from_wire_rejects(value: object) -> None:
     with pytest.raises(ValueError):
-        refs_from_wire(value)
+        refs_from_wire(value, FULL)
 
 
 # -- merge_successor_list --------------------------------------------------------------------
@@ -409,3 +419,12 @@ def test_departed_peers_give_up_after_max_probes_and_stay_bounded() -> None:
     assert len(departed) == 2 and a.id not in departed  # the oldest memory went
     with pytest.raises(ValueError):
         DepartedPeers(capacity=0)
+
+
+def test_owner_answer_in_a_ring_smaller_than_the_list_ends_with_the_answerer() -> None:
+    # Ring 10 -> 50 -> 90 -> 10: 10's list ran round to its predecessor, so after
+    # the owner 50 come 90 and then 10 itself (the replica set a client needs).
+    table = RoutingTable(ref(10), SPACE)
+    table.set_successors(ref(50), [ref(90), ref(10)])
+    table.set_predecessor(ref(90))
+    assert table.route(30) == Owner([ref(50), ref(90), ref(10)])

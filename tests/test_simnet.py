@@ -18,7 +18,7 @@ def echo_network(**options: Any) -> tuple[SimNetwork, dict[str, SimEndpoint]]:
     network = SimNetwork(rng=random.Random(3), **options)
     endpoints = {name: network.endpoint(name) for name in ("a", "b", "c")}
     for name, endpoint in endpoints.items():
-        endpoint.set_handler(lambda method, args, name=name: [name, method, args])
+        endpoint.set_handler(lambda caller, method, args, name=name: [name, method, args])
     return network, endpoints
 
 
@@ -41,7 +41,7 @@ async def test_latency_can_depend_on_the_link(autojump_clock: MockClock) -> None
 async def test_async_handlers_are_awaited(autojump_clock: MockClock) -> None:
     network = SimNetwork()
 
-    async def slow(method: str, args: list[Any]) -> str:
+    async def slow(caller: object, method: str, args: list[Any]) -> str:
         await trio.sleep(1)
         return "done"
 
@@ -53,7 +53,7 @@ async def test_async_handlers_are_awaited(autojump_clock: MockClock) -> None:
 async def test_handler_errors_become_remote_errors(autojump_clock: MockClock) -> None:
     network = SimNetwork()
 
-    def broken(method: str, args: list[Any]) -> None:
+    def broken(caller: object, method: str, args: list[Any]) -> None:
         raise ValueError("bad arguments")
 
     network.endpoint("x").set_handler(broken)
@@ -78,7 +78,7 @@ async def test_a_crashed_address_can_restart_with_a_new_endpoint(autojump_clock:
     with pytest.raises(ValueError):
         network.endpoint("b")  # still live
     network.crash("b")
-    network.endpoint("b").set_handler(lambda method, args: "reborn")
+    network.endpoint("b").set_handler(lambda caller, method, args: "reborn")
     assert await endpoints["a"].call("b", "m", [], timeout=1) == "reborn"
 
 

@@ -19,7 +19,8 @@ import trio
 
 from dht.errors import BadRequest, CallTimeout, PeerUnreachable
 from dht.node import ChordNode, NodeConfig
-from dht.tcp import TcpTransport, open_tcp_transport, split_address
+from dht.addresses import split_address
+from dht.tcp import TcpTransport, open_tcp_transport
 from dht.wire import MAX_FRAME, FrameDecoder, encode_frame, encode_request, pack, unpack
 
 
@@ -277,7 +278,7 @@ class HangingPeer:
         self.hangs_expected = hangs_expected
         self.all_hanging = trio.Event()
 
-    async def handle(self, method: str, args: list[Any]) -> Any:
+    async def handle(self, caller: object, method: str, args: list[Any]) -> Any:
         if method == "ping":
             return "pong"
         if method == "hang":

@@ -1,4 +1,5 @@
-"""The same Chord node over real TCP: 8 nodes in this process on 127.0.0.1 port 0.
+"""The same Chord node over real TCP: 8 nodes in this process on 127.0.0.1 port 0,
+every link mutual TLS, each node's ID the one its certificate gives.
 
 Real time, so every wait polls a condition against a deadline.
 """
@@ -6,15 +7,29 @@ Real time, so every wait polls a condition against a deadline.
 from __future__ import annotations
 
 import bisect
+import itertools
 import random
 from typing import Callable
 
 import trio
 
+from dht.identity import Role
 from dht.node import ChordNode, NodeConfig
 from dht.tcp import open_tcp_transport
+from dht.tls import TlsCredentials
+
+from .processes import pki
 
 QUICK = NodeConfig(stabilize_interval=0.1, fix_fingers_interval=0.05, check_predecessor_interval=0.1, rpc_timeout=0.5)
+_serial = itertools.count()
+
+
+def node_credentials() -> TlsCredentials:
+    return pki().credentials(f"ring-node-{next(_serial)}", Role.NODE)
+
+
+def client_credentials() -> TlsCredentials:
+    return pki().credentials("ring-client", Role.CLIENT)
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -39,7 +54,7 @@ class LocalRing:
     @staticmethod
     async def _serve(join: str | None, task_status: trio.TaskStatus[tuple[ChordNode, trio.CancelScope]]) -> None:
         with trio.CancelScope() as scope:
-            async with open_tcp_transport("127.0.0.1", 0) as transport:
+            async with open_tcp_transport("127.0.0.1", 0, tls=node_credentials()) as transport:
                 node = ChordNode(transport, QUICK)
                 await node.join(join)
                 async with trio.open_nursery() as nursery:
@@ -111,7 +126,7 @@ async def test_lookup_rpc_reports_path_over_tcp(nursery: trio.Nursery) -> None:
     ring = await start_ring(nursery, 8)
     await eventually(lambda: all(n.routing.finger_count() > 0 for n in ring.nodes.values()))
     asker = next(iter(ring.nodes.values()))
-    async with open_tcp_transport(None) as client:
+    async with open_tcp_transport(None, tls=client_credentials()) as client:
         reply = await client.call(asker.me.address, "lookup", [12345], timeout=5)
     assert reply["owner"][1] == ring.owner(12345)
     assert reply["hops"] == len(reply["path"])

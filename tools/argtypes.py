@@ -7,7 +7,7 @@ import math
 import re
 from typing import Callable, TypeVar
 
-from dht.tcp import split_address
+from dht.addresses import split_address
 
 T = TypeVar("T")
 

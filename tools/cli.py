@@ -20,22 +20,27 @@ import trio
 
 from dht.client import BadRange, BlockNotFound, PutFailed
 from dht.errors import ChordError, LookupFailed, TransportError
+from dht.identity import Role
 from dht.merkle import DEFAULT_CHUNK, MAX_BLOCK, BlockError, parse_cid
 from dht.storage import StorageConfig
 from dht.ids import DEFAULT_BITS, IdSpace
 from dht.node import NodeConfig
-from dht.routing import NodeRef
+from dht.messages import LookupResult, NodeInfo
 from dht.tcp import open_tcp_transport
-from origin.run import add_origin_command
+from dht.tls import TlsCredentials
+from .originrun import add_origin_command
 
 from . import files, sim, simreport
-from .argtypes import address, checked, integer, positive
+from .argtypes import address, byte_size, checked, integer, positive
 from .cdndemo import run_cdn_demo
+from .cluster import add_cluster_command
+from .config import ConfigError, add_config_option, parse_args_with_config
 from .edgerun import add_edge_command
 from .simevents import load_events
 from .simtime import parse_duration, parse_fraction, parse_rate
-from .noderun import run_node
-from .ringwalk import RingView, render_ring, ring_problems, walk
+from .noderun import NodeSetup, raise_open_file_limit, run_node
+from .ringwalk import RingView, node_json, render_ring, ring_problems, walk
+from .security import add_credential_options, credentials_from
 
 EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -69,11 +74,21 @@ def cmd_node(args: argparse.Namespace) -> int:
     config = NodeConfig.every(
         args.stabilize_interval, bits=args.bits, successor_list_size=args.successors, rpc_timeout=args.rpc_timeout
     )
-    node_id = IdSpace(args.bits).parse_id(args.id) if args.id else None
-    storage = StorageConfig(replicas=args.replicas, repair_interval=args.repair_interval)
+    tls = credentials_from(args, Role.NODE, args.bits)
+    if args.id and tls is not None:
+        raise ValueError("--id: a node's ID comes from its certificate's key; choosing one needs --insecure")
+    setup = NodeSetup(
+        listen=args.listen, join=args.join, advertise=args.advertise,
+        node_id=IdSpace(args.bits).parse_id(args.id) if args.id else None, config=config,
+        storage=StorageConfig(replicas=args.replicas, repair_interval=args.repair_interval),
+        data_dir=args.data, capacity=args.capacity, tls=tls,
+    )
+    raise_open_file_limit()
     report = lambda line: print(line, flush=True)  # noqa: E731
     try:
-        trio.run(run_node, args.listen, args.join, node_id, config, report, storage, args.data)
+        trio.run(run_node, setup, report)
+    except* ValueError as group:
+        raise CliError(str(group.exceptions[0]), EXIT_USAGE) from None
     except* ChordError as group:
         raise CliError(f"cannot join via {args.join}: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
     except* OSError as group:
@@ -84,8 +99,8 @@ def cmd_node(args: argparse.Namespace) -> int:
 # -- ring and lookup ------------------------------------------------------------------
 
 
-async def _with_client(via: str, work: Any) -> Any:
-    async with open_tcp_transport(None) as client:
+async def _with_client(via: str, work: Any, tls: TlsCredentials | None) -> Any:
+    async with open_tcp_transport(None, tls=tls) as client:
         try:
             return await work(client)
         except ChordError as exc:
@@ -93,11 +108,12 @@ async def _with_client(via: str, work: Any) -> Any:
 
 
 def cmd_ring(args: argparse.Namespace) -> int:
-    view: RingView = trio.run(_with_client, args.via, lambda client: walk(client, args.via, args.timeout))
+    tls = credentials_from(args)
+    view: RingView = trio.run(_with_client, args.via, lambda client: walk(client, args.via, args.timeout), tls)
     space = IdSpace(view.nodes[0].bits)
     problems = ring_problems(view)
     data = {
-        "nodes": [info.to_json(space) for info in view.nodes],
+        "nodes": [node_json(info, space) for info in view.nodes],
         "unreachable": sorted(view.unreachable),
         "consistent": not problems,
         "problems": problems,
@@ -112,31 +128,29 @@ def cmd_ring(args: argparse.Namespace) -> int:
 
 
 def cmd_lookup(args: argparse.Namespace) -> int:
-    async def ask(client: Any) -> tuple[int, dict[str, Any]]:
-        info = await client.call(args.via, "info", [], timeout=args.timeout)
-        space = IdSpace(info["bits"])
+    async def ask(client: Any) -> tuple[IdSpace, LookupResult]:
+        info = NodeInfo.from_wire(await client.call(args.via, "info", [], timeout=args.timeout))
+        space = IdSpace(info.bits)
         try:
             key = space.key_for(args.key)
         except ValueError as exc:
             raise CliError(f"bad key: {exc}", EXIT_USAGE) from None
-        return info["bits"], await client.call(args.via, "lookup", [key], timeout=args.timeout)
+        return space, LookupResult.from_wire(await client.call(args.via, "lookup", [key], timeout=args.timeout), space)
 
-    bits, reply = trio.run(_with_client, args.via, ask)
-    space = IdSpace(bits)
-    owner = NodeRef.from_wire(reply["owner"])
-    path = [NodeRef.from_wire(hop) for hop in reply["path"]]
+    space, result = trio.run(_with_client, args.via, ask, credentials_from(args))
+    owner = result.owner
     data = {
-        "key": format(reply["key"], "x"),
+        "key": format(result.key, "x"),
         "owner": {"address": owner.address, "id": format(owner.id, "x")},
-        "path": [args.via, *(hop.address for hop in path)],
-        "hops": reply["hops"],
-        "timeouts": reply["timeouts"],
+        "path": [args.via, *(hop.address for hop in result.path)],
+        "hops": result.hops,
+        "timeouts": result.timeouts,
     }
     lines = [
-        f"key    {space.short(reply['key'])}…",
+        f"key    {space.short(result.key)}…",
         f"owner  {owner.address} ({space.short(owner.id)}…)",
         f"path   {' -> '.join(data['path'])}",
-        f"hops   {reply['hops']}",
+        f"hops   {result.hops}",
     ]
     emit(data, args.json, lines)
     return 0
@@ -148,8 +162,11 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def cmd_put(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.file):
         raise CliError(f"{args.file}: no such file", EXIT_USAGE)
+    tls = credentials_from(args)
     try:
-        cid = trio.run(files.put_file, args.file, args.via, args.chunk_size, args.quorum)
+        cid = trio.run(files.put_file, args.file, args.via, tls, args.chunk_size, args.quorum)
+    except* ValueError as group:
+        raise CliError(str(group.exceptions[0]), EXIT_USAGE) from None
     except* (TransportError, LookupFailed) as group:
         raise CliError(f"cannot reach the ring via {args.via}: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
     except* PutFailed as group:
@@ -164,9 +181,10 @@ def cmd_get(args: argparse.Namespace) -> int:
         start, end = files.parse_range(args.range) if args.range else (0, None)
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
+    tls = credentials_from(args)
     target = open(args.output, "wb") if args.output else sys.stdout.buffer
     try:
-        trio.run(files.get_file, args.cid, args.via, target, bool(args.output), start, end)
+        trio.run(files.get_file, args.cid, args.via, tls, target, bool(args.output), start, end)
     except* BlockNotFound:
         raise CliError(f"{args.cid}: not found", EXIT_USAGE) from None
     except* BadRange as group:
@@ -250,16 +268,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     node = commands.add_parser("node", help="run a ring node in the foreground; SIGTERM or Ctrl-C leaves gracefully")
-    node.add_argument("--listen", type=address, required=True, metavar="HOST:PORT", help="port 0 picks a free one")
+    node.add_argument("--listen", type=address, required=True, metavar="HOST:PORT", help="port 0 picks a free one; [::]:PORT for IPv6")
+    node.add_argument("--advertise", type=address, metavar="HOST:PORT",
+                      help="the address peers reach this node at (needed when --listen is 0.0.0.0 or [::]; port 0: the bound port)")
     node.add_argument("--join", type=address, metavar="HOST:PORT", help="any node of the ring (omit to start one)")
-    node.add_argument("--id", metavar="HEX", help="node ID (default: SHA-256 of the advertised HOST:PORT)")
+    node.add_argument("--id", metavar="HEX", help="node ID, --insecure only (default: from the certificate's key; plaintext: SHA-256 of the address)")
     node.add_argument("--stabilize-interval", type=positive(), default=1.0, metavar="S")
     node.add_argument("--successors", type=int, default=8, metavar="R", help="successor list length")
     node.add_argument("--rpc-timeout", type=positive(), default=1.0, metavar="S")
     node.add_argument("--data", metavar="DIR", help="keep blocks in this directory (default: in memory)")
     node.add_argument("--replicas", type=int, default=3, metavar="R", help="copies of each block")
     node.add_argument("--repair-interval", type=positive(), default=30.0, metavar="S")
+    node.add_argument("--capacity", type=byte_size, metavar="SIZE", help="refuse new blocks past this many bytes, e.g. 50GiB (default: no limit)")
     node.add_argument("--bits", type=int, default=DEFAULT_BITS, help=argparse.SUPPRESS)
+    add_credential_options(node)
+    add_config_option(node)
     node.set_defaults(run=cmd_node)
 
     put = commands.add_parser("put", help="store a file in the ring and print its CID")
@@ -268,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     put.add_argument("--chunk-size", type=chunk_size, default=DEFAULT_CHUNK, metavar="BYTES")
     put.add_argument("--quorum", type=int, metavar="W", help="copies that must acknowledge (default: all r)")
     put.add_argument("--json", action="store_true")
+    add_credential_options(put)
     put.set_defaults(run=cmd_put)
 
     get = commands.add_parser("get", help="fetch a file by CID, verifying every block")
@@ -275,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("--via", type=address, required=True, metavar="HOST:PORT")
     get.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
     get.add_argument("--range", metavar="START-END", help="bytes START..END inclusive, or START- to the end")
+    add_credential_options(get)
     get.set_defaults(run=cmd_get)
 
     ring = commands.add_parser("ring", help="walk the ring from any node and print it")
@@ -282,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     ring.add_argument("--check", action="store_true", help="exit 1 when any successor or predecessor is wrong")
     ring.add_argument("--json", action="store_true")
     ring.add_argument("--timeout", type=positive(), default=2.0, metavar="S")
+    add_credential_options(ring)
     ring.set_defaults(run=cmd_ring)
 
     lookup = commands.add_parser("lookup", help="find the node responsible for a key")
@@ -289,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.add_argument("--via", type=address, required=True, metavar="HOST:PORT")
     lookup.add_argument("--json", action="store_true")
     lookup.add_argument("--timeout", type=positive(), default=15.0, metavar="S")
+    add_credential_options(lookup)
     lookup.set_defaults(run=cmd_lookup)
 
     simulate = commands.add_parser("sim", help="run real node code on a simulated network in virtual time")
@@ -327,11 +354,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     add_edge_command(commands)
+    add_cluster_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args_with_config(build_parser(), argv)
+    except ConfigError as exc:
+        print(f"chordcdn: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)

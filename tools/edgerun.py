@@ -1,7 +1,8 @@
 """`chordcdn edge`: one caching edge in the foreground.
 
 Owns the edge's process life: parsing its options, opening the DHT connection when
-one is named, serving until SIGTERM or Ctrl-C, and closing cleanly.
+one is named (mutual TLS with a reader certificate, `--ring-cert`), serving until
+SIGTERM or Ctrl-C, and closing cleanly.
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from urllib.parse import urlsplit
 
 import trio
 
+from dht.addresses import advertised_address
+from dht.identity import Role
 from dht.tcp import open_tcp_transport
+from dht.tls import TlsCredentials
 from edge.httpserver import Limits, Request, Response, bound_port, serve_http
 from edge.proxy import Edge, EdgeConfig
 from edge.upstream import DhtSource
 
 from .argtypes import address, byte_size, host_and_port, positive
-from .noderun import wait_for_signal
+from .noderun import raise_open_file_limit, wait_for_signal
+from .config import add_config_option
+from .security import add_credential_options, credentials_from, keep_fresh
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("chordcdn.access")
@@ -57,6 +63,7 @@ def disk_cache(text: str) -> tuple[str, int]:
 def add_edge_command(commands: Any) -> None:
     edge = commands.add_parser("edge", help="run a caching HTTP edge in the foreground")
     edge.add_argument("--listen", type=host_and_port, required=True, metavar="HOST:PORT")
+    edge.add_argument("--advertise", type=address, metavar="HOST:PORT", help="the address clients and peers use, when it differs from --listen")
     edge.add_argument("--name", required=True, help="this edge's name on the edges' hash ring")
     edge.add_argument("--origin", type=url, required=True, metavar="URL")
     edge.add_argument("--dht", type=address, metavar="HOST:PORT", help="a ring node to read bodies from by CID")
@@ -69,6 +76,8 @@ def add_edge_command(commands: Any) -> None:
         "--purge-token", default=os.environ.get("CHORDCDN_PURGE_TOKEN") or None, metavar="TOKEN",
         help="allow `PURGE <path>` with `Authorization: Bearer TOKEN` (default: $CHORDCDN_PURGE_TOKEN; unset passes PURGE to the origin)",
     )
+    add_credential_options(edge, prefix="ring-")
+    add_config_option(edge)
     edge.set_defaults(run=cmd_edge)
 
 
@@ -86,26 +95,48 @@ def cmd_edge(args: argparse.Namespace) -> int:
         purge_token=args.purge_token,
     )
     host, port = args.listen
+    ring_tls = credentials_from(args, Role.READER) if config.dht else None
+    raise_open_file_limit()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request otherwise
-    trio.run(run_edge_until_signal, config, host, port, functools.partial(print, flush=True))
+    trio.run(run_edge_until_signal, config, host, port, functools.partial(print, flush=True), ring_tls, args.advertise)
     return 0
 
 
-async def run_edge_until_signal(config: EdgeConfig, host: str, port: int, report: Callable[[str], None]) -> None:
+async def run_edge_until_signal(
+    config: EdgeConfig, host: str, port: int, report: Callable[[str], None], ring_tls: TlsCredentials | None = None,
+    advertise: str | None = None,
+) -> None:
     async with trio.open_nursery() as nursery:
-        edge = await nursery.start(run_edge, config, host, port)
-        report(f"edge {config.name} listening on {host}:{edge.port}, origin {config.origin}" + (f", DHT via {config.dht}" if config.dht else ""))
+        edge = await nursery.start(run_edge, config, host, port, Limits(), ring_tls)
+        nursery.start_soon(keep_fresh, ring_tls)
+        shown = advertise_or_bound(host, edge.port, advertise)
+        report(f"edge {config.name} listening on {shown}, origin {config.origin}" + (f", DHT via {config.dht}" if config.dht else ""))
         signum = await wait_for_signal()
         log.info("%s received: stopping", signal.Signals(signum).name)
         nursery.cancel_scope.cancel()
 
 
+def advertise_or_bound(host: str, port: int, advertise: str | None) -> str:
+    """What an HTTP server reports as its address: the advertised one, or the bound
+    one (a wildcard bind is fine for HTTP, and reported as it is)."""
+    try:
+        return advertised_address(host, port, advertise)
+    except ValueError:
+        return f"{host or '0.0.0.0'}:{port}"
+
+
 async def run_edge(
-    config: EdgeConfig, host: str, port: int, limits: Limits = Limits(), *, task_status: trio.TaskStatus[Edge] = trio.TASK_STATUS_IGNORED
+    config: EdgeConfig,
+    host: str,
+    port: int,
+    limits: Limits = Limits(),
+    ring_tls: TlsCredentials | None = None,
+    *,
+    task_status: trio.TaskStatus[Edge] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve an edge until cancelled; `nursery.start` returns the Edge, its bound
-    port in `edge.port`."""
-    async with open_tcp_transport(None) as transport, trio.open_nursery() as nursery:
+    port in `edge.port`. Ring links use `ring_tls` (plaintext without it)."""
+    async with open_tcp_transport(None, tls=ring_tls) as transport, trio.open_nursery() as nursery:
         dht = DhtSource(transport, config.dht, config.cid_timeout) if config.dht else None
         edge = Edge(config, nursery, dht)
         try:

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from dht.client import DhtClient
 from dht.merkle import DEFAULT_CHUNK
 from dht.tcp import open_tcp_transport
+from dht.tls import TlsCredentials
 
 PROGRESS_THRESHOLD = 8 * 1024 * 1024
 
@@ -43,16 +44,18 @@ def progress_bar(label: str, total: int | None, show: bool) -> Iterator[Callable
         yield lambda count: progress.advance(task, count)
 
 
-async def put_file(path: str, via: str, chunk_size: int = DEFAULT_CHUNK, quorum: int | None = None) -> str:
+async def put_file(path: str, via: str, tls: TlsCredentials | None, chunk_size: int = DEFAULT_CHUNK, quorum: int | None = None) -> str:
     size = os.path.getsize(path)
-    async with open_tcp_transport(None) as transport:
+    async with open_tcp_transport(None, tls=tls) as transport:
         client = await DhtClient.via(transport, via, write_quorum=quorum)
         with open(path, "rb") as source, progress_bar("put", size, size >= PROGRESS_THRESHOLD) as advance:
             return await client.put_file(source, chunk_size, progress=advance)
 
 
-async def get_file(cid: str, via: str, target: BinaryIO, to_file: bool, start: int = 0, end: int | None = None) -> int:
-    async with open_tcp_transport(None) as transport:
+async def get_file(
+    cid: str, via: str, tls: TlsCredentials | None, target: BinaryIO, to_file: bool, start: int = 0, end: int | None = None
+) -> int:
+    async with open_tcp_transport(None, tls=tls) as transport:
         client = await DhtClient.via(transport, via)
         root = await client.stat(cid)
         end = root.size if end is None else min(end, root.size)

@@ -1,25 +1,31 @@
 """Running real nodes over TCP: one node in the foreground (`chordcdn node`) and
 storing nodes in this process for the demo and the tests.
 
-Owns process life: binding, joining, SIGTERM and Ctrl-C as a graceful leave.
-Reports go through the `report` callback so the library itself never prints.
+Owns process life: the open-file limit, binding, joining, credentials kept
+fresh, SIGTERM and Ctrl-C as a graceful leave. Reports go through the `report`
+callback so the library itself never prints.
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import signal
+from dataclasses import dataclass
 from typing import Callable
 
 import trio
 
-from dht.blockstore import DiskBlockStore, MemoryBlockStore
+from dht.addresses import split_address
+from dht.blockstore import BlockStore, DiskBlockStore, MemoryBlockStore
 from dht.node import ChordNode, NodeConfig
 from dht.storage import BlockService, StorageConfig
-from dht.tcp import open_tcp_transport, split_address
+from dht.tcp import open_tcp_transport
+from dht.tls import TlsCredentials
 from dht.transport import Transport
 
 from .ringwalk import RingView, ring_problems, walk
+from .security import keep_fresh
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +41,57 @@ async def wait_for_signal() -> int:
     raise AssertionError("signal receiver ended")
 
 
-async def run_node(
-    listen: str,
-    join: str | None,
-    node_id: int | None,
-    config: NodeConfig,
-    report: Report,
-    storage: StorageConfig = StorageConfig(),
-    data_dir: str | None = None,
-) -> None:
+def raise_open_file_limit() -> int:
+    """Raise the soft limit on open files to the hard limit (Debian's soft default
+    of 1,024 is a few hundred peers); return the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    return soft
+
+
+@dataclass(frozen=True)
+class NodeSetup:
+    """Everything `chordcdn node` is told: where to listen and what to advertise,
+    whom to join, the protocol and storage settings, credentials."""
+
+    listen: str
+    join: str | None = None
+    advertise: str | None = None
+    node_id: int | None = None
+    config: NodeConfig = NodeConfig()
+    storage: StorageConfig = StorageConfig()
+    data_dir: str | None = None
+    capacity: int | None = None
+    tls: TlsCredentials | None = None
+
+
+def open_store(node: ChordNode, setup: NodeSetup) -> BlockStore:
+    if setup.data_dir:
+        return DiskBlockStore(node.space, setup.data_dir, setup.capacity)
+    return MemoryBlockStore(node.space, setup.capacity)
+
+
+async def run_node(setup: NodeSetup, report: Report) -> None:
     """Serve one storing node until SIGTERM or Ctrl-C, then hand off its blocks and
     leave the ring gracefully. Blocks live under data_dir (in memory without one)."""
-    host, port = split_address(listen)
-    async with open_tcp_transport(host, port) as transport:
-        node = ChordNode(transport, config, node_id)
-        store = DiskBlockStore(node.space, data_dir) if data_dir else MemoryBlockStore(node.space)
-        service = BlockService(node, store, storage)
-        await node.join(join)
+    host, port = split_address(setup.listen)
+    async with open_tcp_transport(host, port, advertise=setup.advertise, tls=setup.tls) as transport:
+        node = ChordNode(transport, setup.config, setup.node_id)
+        store = open_store(node, setup)
+        service = BlockService(node, store, setup.storage)
+        await node.join(setup.join)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(service.run)
-            held = f", {len(store)} blocks in {data_dir}" if data_dir else ""
-            report(f"node {node.space.short(node.me.id)} listening on {node.me.address}{held}")
+            nursery.start_soon(keep_fresh, setup.tls)
+            held = f", {len(store)} blocks in {setup.data_dir}" if setup.data_dir else ""
+            secured = "" if setup.tls else " (plaintext: --insecure)"
+            report(f"node {node.space.short(node.me.id)} listening on {node.me.address}{held}{secured}")
             signum = await wait_for_signal()
             log.info("%s received: handing off blocks and leaving the ring", signal.Signals(signum).name)
             with trio.move_on_after(LEAVE_BUDGET):
@@ -77,11 +112,16 @@ async def settled_view(client: Transport, via: str, deadline: float) -> RingView
 
 
 async def serve_local_node(
-    join: str | None, config: NodeConfig, storage: StorageConfig = StorageConfig(), *, task_status: trio.TaskStatus[ChordNode] = trio.TASK_STATUS_IGNORED
+    join: str | None,
+    config: NodeConfig,
+    storage: StorageConfig = StorageConfig(),
+    tls: TlsCredentials | None = None,
+    *,
+    task_status: trio.TaskStatus[ChordNode] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """One node on 127.0.0.1 with a free port, joined, running and storing blocks in
     memory, until cancelled."""
-    async with open_tcp_transport("127.0.0.1", 0) as transport:
+    async with open_tcp_transport("127.0.0.1", 0, tls=tls) as transport:
         node = ChordNode(transport, config)
         service = BlockService(node, MemoryBlockStore(node.space), storage)
         await node.join(join)

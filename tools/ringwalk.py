@@ -12,49 +12,26 @@ from typing import Any
 
 from dht.errors import ChordError
 from dht.ids import IdSpace
-from dht.routing import NodeRef, refs_from_wire
+from dht.messages import NodeInfo
+from dht.routing import NodeRef
 from dht.transport import Transport
 
 
-@dataclass(frozen=True)
-class NodeInfo:
-    """What a node reports about itself through the `info` call."""
+def node_json(info: NodeInfo, space: IdSpace) -> dict[str, Any]:
+    """One node of `chordcdn ring --json`."""
 
-    me: NodeRef
-    bits: int
-    predecessor: NodeRef | None
-    successors: list[NodeRef]
-    fingers: list[NodeRef]
+    def ref(node: NodeRef | None) -> dict[str, str] | None:
+        return None if node is None else {"address": node.address, "id": format(node.id, "x")}
 
-    @classmethod
-    def from_wire(cls, value: Any) -> "NodeInfo":
-        if not isinstance(value, dict):
-            raise ValueError(f"info reply must be a map, got {type(value).__name__}")
-        predecessor = value.get("predecessor")
-        return cls(
-            me=NodeRef.from_wire([value["address"], value["id"]]),
-            bits=int(value["bits"]),
-            predecessor=NodeRef.from_wire(predecessor) if predecessor is not None else None,
-            successors=refs_from_wire(value["successors"]),
-            fingers=refs_from_wire(value["fingers"]),
-        )
-
-    @property
-    def successor(self) -> NodeRef:
-        return self.successors[0] if self.successors else self.me
-
-    def to_json(self, space: IdSpace) -> dict[str, Any]:
-        def ref(node: NodeRef | None) -> dict[str, str] | None:
-            return None if node is None else {"address": node.address, "id": format(node.id, "x")}
-
-        return {
-            **ref(self.me),  # type: ignore[dict-item]
-            "short_id": space.short(self.me.id),
-            "predecessor": ref(self.predecessor),
-            "successor": ref(self.successor),
-            "successors": [ref(n) for n in self.successors],
-            "finger_count": len(self.fingers),
-        }
+    return {
+        **ref(info.me),  # type: ignore[dict-item]
+        "short_id": space.short(info.me.id),
+        "predecessor": ref(info.predecessor),
+        "successor": ref(info.successor),
+        "successors": [ref(n) for n in info.successors],
+        "finger_count": len(info.fingers),
+        "store": info.store,
+    }
 
 
 @dataclass
@@ -81,7 +58,7 @@ async def walk(transport: Transport, via: str, timeout: float = 2.0, limit: int 
             seen.add(ref.address)
             try:
                 queue.append(NodeInfo.from_wire(await transport.call(ref.address, "info", [], timeout=timeout)))
-            except (ChordError, ValueError, KeyError):
+            except ChordError:
                 view.unreachable.add(ref.address)
     view.nodes.sort(key=lambda info: info.me.id)
     return view

@@ -1,20 +1,24 @@
-"""RPC round trips per second between two processes on loopback: ours against kademlia.
+"""RPC round trips per second between two processes on loopback: ours with mutual
+TLS, ours in plaintext, and kademlia.
 
 What it measures: the "ping" RPC of a chordcdn node (msgpack frames over one pooled
-TCP connection, trio, `dht.tcp`) and the "ping" RPC of a kademlia `Server` from PyPI
-(msgpack datagrams over UDP, asyncio, `rpcudp`), each answered by a separate server
-process on 127.0.0.1, each called from this process through the library's own
-client side. Two modes per system: one call at a time, and 32 calls in flight (32
-tasks sharing one client, so for ours one TCP connection).
+TCP connection, trio, `dht.tcp`), once over mutual TLS (TLS 1.3, client
+certificates, the cluster CA: how a ring runs) and once in plaintext (`--insecure`),
+and the "ping" RPC of a kademlia `Server` from PyPI (msgpack datagrams over UDP,
+asyncio, `rpcudp`), each answered by a separate server process on 127.0.0.1, each
+called from this process through the library's own client side. Two modes per
+system: one call at a time, and 32 calls in flight (32 tasks sharing one client,
+so for ours one TCP connection).
 
-How: the servers are `chordcdn node --listen 127.0.0.1:0` and this module run as
-`--serve-kademlia`; both print their address once ready and leave on SIGTERM. Each
+How: the servers are `chordcdn node --listen 127.0.0.1:0` (one with a node
+certificate from a throwaway CA, one --insecure) and this module run as
+`--serve-kademlia`; each prints its address once ready and leaves on SIGTERM. Each
 round opens a fresh client, warms it up, then runs each mode for --duration seconds,
 recording every call's latency. The systems alternate round by round so that slow
-spells of a shared machine hit both; the report gives, per system and mode, the
+spells of a shared machine hit all; the report gives, per system and mode, the
 median across --rounds of calls/s, median latency and p99 latency (microseconds),
-and the ratio of calls/s ours/kademlia. Latency in the 32-in-flight mode includes
-queueing behind the other 31 calls.
+the ratio TLS/plaintext (bar: at least 0.7 at 32 in flight) and ours/kademlia.
+Latency in the 32-in-flight mode includes queueing behind the other 31 calls.
 
     python -m tools.bench.bench_rpc [--duration 3] [--rounds 5] [--json]
 
@@ -46,14 +50,19 @@ from typing import IO, Any, Awaitable, Callable, Iterator, Sequence
 
 import trio
 
+from dht.addresses import split_address
 from dht.errors import ChordError
-from dht.tcp import open_tcp_transport, split_address
+from dht.identity import Role
+from dht.tcp import open_tcp_transport
+from dht.tls import TlsCredentials
 from tools.argtypes import integer, positive
 from tools.bench.common import run_interruptibly
+from tools.cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = {"serial": 1, "concurrent": 32}  # mode name -> calls in flight
-SYSTEMS = ("ours", "kademlia")
+SYSTEMS = ("tls", "plaintext", "kademlia")
+TLS_BAR = 0.7  # TLS calls/s over plaintext at 32 in flight
 CALL_TIMEOUT = 5.0  # seconds; rpcudp's own reply timeout is 5 s as well
 WARMUP = 0.3  # seconds of calls per round before measuring
 MAX_CALLS_PER_TASK = 10_000_000  # a count bound on every call loop, besides its deadline
@@ -154,9 +163,9 @@ async def gather_trio(calls: list[Call]) -> None:
             nursery.start_soon(call)
 
 
-async def ours_round(address: str, seconds: float) -> dict[str, Sample]:
+async def ours_round(address: str, seconds: float, tls: TlsCredentials | None) -> dict[str, Sample]:
     """One round against a chordcdn node, through a fresh call-only transport."""
-    async with open_tcp_transport(None) as client:
+    async with open_tcp_transport(None, tls=tls) as client:
 
         async def ping() -> None:
             await client.call(address, "ping", [], timeout=CALL_TIMEOUT)
@@ -227,10 +236,11 @@ def kademlia_version() -> str | None:
 # -- server processes ---------------------------------------------------------------------
 
 
-def chordcdn_argv() -> list[str]:
+def chordcdn_argv(security: list[str]) -> list[str]:
+    """A node with these credential flags (or --insecure)."""
     script = Path(sys.executable).parent / "chordcdn"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "tools.cli"]
-    return [*command, "--log-level", "WARNING", "node", "--listen", "127.0.0.1:0"]
+    return [*command, "--log-level", "WARNING", "node", "--listen", "127.0.0.1:0", *security]
 
 
 def kademlia_argv(lifetime: float) -> list[str]:
@@ -334,12 +344,16 @@ def start_kademlia(stack: contextlib.ExitStack, exits: dict[str, int], lifetime:
 def run(seconds: float, rounds: int) -> Results:
     results = Results({system: {mode: [] for mode in MODES} for system in SYSTEMS})
     with contextlib.ExitStack() as stack:
-        node = stack.enter_context(running(chordcdn_argv(), NODE_READY, "chordcdn node", results.exits))
+        pki = LocalCluster(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-rpc-pki-"))))
+        secure = stack.enter_context(running(chordcdn_argv(pki.flags("node", Role.NODE)), NODE_READY, "chordcdn node (TLS)", results.exits))
+        plain = stack.enter_context(running(chordcdn_argv(["--insecure"]), NODE_READY, "chordcdn node (plaintext)", results.exits))
+        client_tls = pki.credentials("bench", Role.CLIENT)
         planned = rounds * len(SYSTEMS) * (WARMUP + len(MODES) * seconds)
         peer, results.kademlia_note = start_kademlia(stack, results.exits, 2 * planned + 120)
-        progress(f"chordcdn node on {node}; kademlia peer on {peer or '(none)'}")
+        progress(f"chordcdn nodes on {secure} (TLS) and {plain} (plaintext); kademlia peer on {peer or '(none)'}")
         for round_no in range(1, rounds + 1):
-            record(results, "ours", round_no, trio.run(ours_round, node, seconds))
+            record(results, "tls", round_no, trio.run(ours_round, secure, seconds, client_tls))
+            record(results, "plaintext", round_no, trio.run(ours_round, plain, seconds, None))
             if peer is None:
                 continue
             try:
@@ -370,6 +384,14 @@ def ratio(ours: dict[str, Any] | None, theirs: dict[str, Any] | None) -> float |
     return float(ours["calls_per_s"] / theirs["calls_per_s"])
 
 
+def paired_ratio(results: Results, system: str, other: str, mode: str) -> float | None:
+    """Median over rounds of (system/other calls/s) within each round: the two ran
+    back to back, so a slow spell of the machine hits both sides of each ratio."""
+    pairs = zip(results.samples[system][mode], results.samples[other][mode])
+    ratios = [a.calls / a.elapsed / (b.calls / b.elapsed) for a, b in pairs if b.calls]
+    return median(ratios) if ratios else None
+
+
 def report(results: Results, seconds: float, rounds: int) -> dict[str, Any]:
     systems = {system: {mode: summarize(results.samples[system][mode]) for mode in MODES} for system in SYSTEMS}
     return {
@@ -378,9 +400,14 @@ def report(results: Results, seconds: float, rounds: int) -> dict[str, Any]:
         "rounds": rounds,
         "in_flight": dict(MODES),
         "figures": "median across rounds; latencies in microseconds",
-        "ours": systems["ours"],
+        "tls": systems["tls"],
+        "plaintext": systems["plaintext"],
         "kademlia": systems["kademlia"],
-        "ratio_ours_over_kademlia_calls_per_s": {mode: ratio(systems["ours"][mode], systems["kademlia"][mode]) for mode in MODES},
+        "ratio_tls_over_plaintext_calls_per_s": {mode: paired_ratio(results, "tls", "plaintext", mode) for mode in MODES},
+        "tls_bar_at_32_in_flight": TLS_BAR,
+        "ratio_ours_over_kademlia_calls_per_s": {
+            system: {mode: ratio(systems[system][mode], systems["kademlia"][mode]) for mode in MODES} for system in ("tls", "plaintext")
+        },
         "kademlia_note": results.kademlia_note,
         "server_exit_codes": results.exits,
         "environment": {
@@ -399,20 +426,29 @@ def cells(summary: dict[str, Any] | None) -> str:
     return f"{summary['calls_per_s']:>10,.0f} {summary['median_us']:>10,.0f} {summary['p99_us']:>10,.0f}"
 
 
+def times(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
 def render(data: dict[str, Any]) -> list[str]:
     kademlia = " ".join(filter(None, ["kademlia", data["environment"]["kademlia"], "(UDP, asyncio)"]))
+    header = f"{'calls/s':>10} {'median us':>10} {'p99 us':>10}"
     lines = [
         f"ping RPC round trips on loopback, separate processes; median of {data['rounds']} rounds x {data['duration_s']:g} s",
         "",
-        f"{'':9} {'chordcdn (TCP, trio)':^32}   {kademlia:^32}",
-        f"{'in flight':9} {'calls/s':>10} {'median us':>10} {'p99 us':>10}   "
-        f"{'calls/s':>10} {'median us':>10} {'p99 us':>10}   {'ours/kademlia':>13}",
+        f"{'':9} {'chordcdn, mutual TLS':^32}   {'chordcdn, plaintext':^32}   {kademlia:^32}",
+        f"{'in flight':9} {header}   {header}   {header}   {'TLS/plain':>9} {'TLS/kad':>8} {'plain/kad':>9}",
     ]
     for mode, width in data["in_flight"].items():
-        share = data["ratio_ours_over_kademlia_calls_per_s"][mode]
-        shown = f"{share:.2f}x" if share is not None else "-"
-        lines.append(f"{width:>9} {cells(data['ours'][mode])}   {cells(data['kademlia'][mode])}   {shown:>13}")
-    lines.append("ours/kademlia is the ratio of calls/s: above 1, ours answers more calls per second.")
+        versus = data["ratio_ours_over_kademlia_calls_per_s"]
+        lines.append(
+            f"{width:>9} {cells(data['tls'][mode])}   {cells(data['plaintext'][mode])}   {cells(data['kademlia'][mode])}   "
+            f"{times(data['ratio_tls_over_plaintext_calls_per_s'][mode]):>9} {times(versus['tls'][mode]):>8} {times(versus['plaintext'][mode]):>9}"
+        )
+    concurrent = data["ratio_tls_over_plaintext_calls_per_s"]["concurrent"]
+    met = concurrent is not None and concurrent >= data["tls_bar_at_32_in_flight"]
+    lines.append(f"TLS/plain is the median of per-round ratios; bar at 32 in flight >= {data['tls_bar_at_32_in_flight']}: {'met' if met else 'NOT met'}")
+    lines.append("x/kad is the ratio of calls/s: above 1, ours answers more calls per second.")
     for system in SYSTEMS:
         failed = sum(s["failures"] for s in data[system].values() if s is not None)
         if failed:

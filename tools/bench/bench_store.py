@@ -59,7 +59,8 @@ import trio
 from dht.client import DhtClient
 from dht.errors import ChordError
 from dht.merkle import DEFAULT_CHUNK
-from dht.tcp import TcpTransport, open_tcp_transport, split_address
+from dht.addresses import split_address
+from dht.tcp import TcpTransport, open_tcp_transport
 from tools.bench.bench_rpc import PeerError, await_ready, progress, tail
 from tools.argtypes import integer, positive
 from tools.bench.common import run_interruptibly

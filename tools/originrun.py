@@ -1,12 +1,14 @@
-"""Running the origin: `run_origin` for tests and the demo, `chordcdn origin` for people.
+"""Running the origin (`origin/`): `run_origin` for tests and the demo, `chordcdn origin` for people.
 
 Owns the origin's process life: the HTTP listener, the publishing task with its
-own DHT connection, periodic stats log lines, and stopping on SIGTERM or Ctrl-C.
+own DHT connection (mutual TLS with a client certificate, `--ring-cert`), periodic
+stats log lines, and stopping on SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -16,13 +18,19 @@ from typing import Any
 
 import trio
 
+from dht.addresses import split_address
 from dht.client import DhtClient
-from dht.tcp import open_tcp_transport, split_address
+from dht.identity import Role
+from dht.tcp import open_tcp_transport
+from dht.tls import TlsCredentials
 from edge.httpserver import Limits, bound_port, serve_http
-from tools.argtypes import address, checked, positive
-from tools.noderun import wait_for_signal
+from .argtypes import address, checked, positive
+from .edgerun import advertise_or_bound
+from .noderun import raise_open_file_limit, wait_for_signal
+from .config import add_config_option
+from .security import add_credential_options, credentials_from, keep_fresh
 
-from .server import DEFAULT_RESCAN, Origin, OriginConfig, parse_cache_control_rule
+from origin.server import DEFAULT_RESCAN, Origin, OriginConfig, parse_cache_control_rule
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,7 @@ async def run_origin(
     dhtaddress: str | None = None,
     *,
     limits: Limits = Limits(),
+    ring_tls: TlsCredentials | None = None,
     task_status: trio.TaskStatus[RunningOrigin] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve `config.root` over HTTP until cancelled, publishing into the ring at
@@ -54,15 +63,16 @@ async def run_origin(
         async with trio.open_nursery() as nursery:
             listeners = await nursery.start(serve_http, origin.handle, listen_host, listen_port, limits)
             if dhtaddress is not None:
-                nursery.start_soon(_publish, origin, dhtaddress)
+                nursery.start_soon(_publish, origin, dhtaddress, ring_tls)
+                nursery.start_soon(keep_fresh, ring_tls)
             nursery.start_soon(_log_stats, origin)
             task_status.started(RunningOrigin(origin, bound_port(listeners)))
     finally:
         origin.log_stats()
 
 
-async def _publish(origin: Origin, dhtaddress: str) -> None:
-    async with open_tcp_transport(None) as transport:
+async def _publish(origin: Origin, dhtaddress: str, ring_tls: TlsCredentials | None) -> None:
+    async with open_tcp_transport(None, tls=ring_tls) as transport:
         await origin.publish_forever(lambda: DhtClient.via(transport, dhtaddress))
 
 
@@ -83,6 +93,7 @@ def add_origin_command(subparsers: Any) -> None:
     parser = subparsers.add_parser("origin", help="serve a directory over HTTP and publish its files into the ring")
     parser.add_argument("--root", required=True, metavar="DIR", help="the directory to serve")
     parser.add_argument("--listen", type=address, required=True, metavar="HOST:PORT", help="port 0 picks a free one")
+    parser.add_argument("--advertise", type=address, metavar="HOST:PORT", help="the address edges use, when it differs from --listen")
     parser.add_argument("--dht", type=address, metavar="HOST:PORT", help="any ring node; publish every file through it")
     parser.add_argument(
         "--cache-control", type=checked(parse_cache_control_rule), action="append", default=[], metavar="PREFIX=VALUE",
@@ -91,6 +102,8 @@ def add_origin_command(subparsers: Any) -> None:
     )
     parser.add_argument("--rescan", type=positive(), default=DEFAULT_RESCAN, metavar="SECONDS",
                         help="how often to look for changed files to publish again")
+    add_credential_options(parser, prefix="ring-")
+    add_config_option(parser)
     parser.set_defaults(run=cmd_origin)
 
 
@@ -101,8 +114,10 @@ def cmd_origin(args: argparse.Namespace) -> int:
         raise ValueError(f"--root {args.root}: no such directory")
     config = OriginConfig(Path(args.root), tuple(args.cache_control), rescan=args.rescan)
     host, port = split_address(args.listen)
+    ring_tls = credentials_from(args, Role.CLIENT) if args.dht else None
+    raise_open_file_limit()
     try:
-        trio.run(_serve_until_signal, config, host, port, args.dht)
+        trio.run(_serve_until_signal, config, host, port, args.dht, ring_tls, args.advertise)
     except* OSError as group:
         log.error("cannot listen on %s: %s", args.listen, _first_leaf(group))
         exit_code = EXIT_CANNOT_LISTEN
@@ -117,11 +132,15 @@ def _first_leaf(error: BaseException) -> BaseException:
     return error
 
 
-async def _serve_until_signal(config: OriginConfig, host: str, port: int, dht: str | None) -> None:
+async def _serve_until_signal(
+    config: OriginConfig, host: str, port: int, dht: str | None, ring_tls: TlsCredentials | None, advertise: str | None
+) -> None:
     async with trio.open_nursery() as nursery:
-        running: RunningOrigin = await nursery.start(run_origin, config, host, port, dht)
+        serve = functools.partial(run_origin, config, host, port, dht, ring_tls=ring_tls)
+        running: RunningOrigin = await nursery.start(serve)
         publishing = f", publishing via {dht}" if dht else ""
-        print(f"origin serving {config.root}, listening on {host}:{running.port}{publishing}", flush=True)
+        shown = advertise_or_bound(host, running.port, advertise)
+        print(f"origin serving {config.root}, listening on {shown}{publishing}", flush=True)
         signum = await wait_for_signal()
         log.info("%s received: stopping", signal.Signals(signum).name)
         nursery.cancel_scope.cancel()
