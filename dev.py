@@ -2,16 +2,19 @@
 
     python3 dev.py demo [ARGS...]    # chordcdn demo
     python3 dev.py test [ARGS...]    # pytest
+    python3 dev.py fuzz [ARGS...]    # the fuzz tests with the long (nightly) Hypothesis profile
     python3 dev.py bench             # tools/bench, with the peers (kademlia; nginx and wrk from Debian)
 
 Needs only Python 3.11+ with pip: it creates .venv beside this file and installs the
-project into it, again whenever pyproject.toml changes.
+project into it, again whenever pyproject.toml changes. As root it also installs the
+Debian packages the tests need (iproute2, for the multi-host test) when missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -37,8 +40,23 @@ def ensure_env(extras: str) -> None:
     stamp.write_text(wanted)
 
 
+TEST_COMMANDS = {"ip": "iproute2"}  # command the tests run -> the Debian package that has it
+
+
+def ensure_debian_packages(commands: dict[str, str]) -> None:
+    """apt-get install the packages whose commands are missing (only as root, where
+    apt-get exists; elsewhere the tests that need them skip and say why)."""
+    missing = sorted({package for command, package in commands.items() if shutil.which(command) is None})
+    if not missing or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    print(f"installing {', '.join(missing)} for the tests", file=sys.stderr)
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=environment)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=False, env=environment)
+
+
 def main() -> None:
-    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "bench"):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("demo", "test", "fuzz", "bench"):
         sys.exit(__doc__)
     command, rest = sys.argv[1], sys.argv[2:]
     os.chdir(ROOT)
@@ -50,6 +68,10 @@ def main() -> None:
     ensure_env("test")
     if command == "demo":
         os.execv(BIN / "chordcdn", [str(BIN / "chordcdn"), "demo", *rest])
+    if command == "fuzz":
+        os.environ["CHORDCDN_FUZZ_PROFILE"] = "nightly"
+        os.execv(PYTHON, [str(PYTHON), "-m", "pytest", "tests/test_fuzz_wire.py", *rest])
+    ensure_debian_packages(TEST_COMMANDS)
     os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
 
 

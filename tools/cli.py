@@ -38,7 +38,7 @@ from .config import ConfigError, add_config_option, parse_args_with_config
 from .edgerun import add_edge_command
 from .simevents import load_events
 from .simtime import parse_duration, parse_fraction, parse_rate
-from .noderun import NodeSetup, raise_open_file_limit, run_node
+from .noderun import NodeSetup, prepare_server_process, run_node
 from .ringwalk import RingView, node_json, render_ring, ring_problems, walk
 from .security import add_credential_options, credentials_from
 
@@ -83,7 +83,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         storage=StorageConfig(replicas=args.replicas, repair_interval=args.repair_interval),
         data_dir=args.data, capacity=args.capacity, tls=tls,
     )
-    raise_open_file_limit()
+    prepare_server_process()
     report = lambda line: print(line, flush=True)  # noqa: E731
     try:
         trio.run(run_node, setup, report)

@@ -26,7 +26,7 @@ from edge.proxy import Edge, EdgeConfig
 from edge.upstream import DhtSource
 
 from .argtypes import address, byte_size, host_and_port, positive
-from .noderun import raise_open_file_limit, wait_for_signal
+from .noderun import prepare_server_process, wait_for_signal
 from .config import add_config_option
 from .security import add_credential_options, credentials_from, keep_fresh
 
@@ -96,7 +96,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     )
     host, port = args.listen
     ring_tls = credentials_from(args, Role.READER) if config.dht else None
-    raise_open_file_limit()
+    prepare_server_process()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream request otherwise
     trio.run(run_edge_until_signal, config, host, port, functools.partial(print, flush=True), ring_tls, args.advertise)
     return 0

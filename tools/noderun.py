@@ -41,17 +41,18 @@ async def wait_for_signal() -> int:
     raise AssertionError("signal receiver ended")
 
 
-def raise_open_file_limit() -> int:
-    """Raise the soft limit on open files to the hard limit (Debian's soft default
-    of 1,024 is a few hundred peers); return the limit now in force."""
+def prepare_server_process() -> None:
+    """What every long-running chordcdn process does first: raise the soft limit on
+    open files to the hard limit (Debian's soft default of 1,024 is a few hundred
+    peers), and ignore SIGHUP until the credential watcher takes it over (SIGHUP
+    means "reload", never "die")."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            return hard
         except (ValueError, OSError) as exc:
             log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
-    return soft
 
 
 @dataclass(frozen=True)

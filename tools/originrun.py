@@ -26,7 +26,7 @@ from dht.tls import TlsCredentials
 from edge.httpserver import Limits, bound_port, serve_http
 from .argtypes import address, checked, positive
 from .edgerun import advertise_or_bound
-from .noderun import raise_open_file_limit, wait_for_signal
+from .noderun import prepare_server_process, wait_for_signal
 from .config import add_config_option
 from .security import add_credential_options, credentials_from, keep_fresh
 
@@ -64,7 +64,6 @@ async def run_origin(
             listeners = await nursery.start(serve_http, origin.handle, listen_host, listen_port, limits)
             if dhtaddress is not None:
                 nursery.start_soon(_publish, origin, dhtaddress, ring_tls)
-                nursery.start_soon(keep_fresh, ring_tls)
             nursery.start_soon(_log_stats, origin)
             task_status.started(RunningOrigin(origin, bound_port(listeners)))
     finally:
@@ -115,7 +114,7 @@ def cmd_origin(args: argparse.Namespace) -> int:
     config = OriginConfig(Path(args.root), tuple(args.cache_control), rescan=args.rescan)
     host, port = split_address(args.listen)
     ring_tls = credentials_from(args, Role.CLIENT) if args.dht else None
-    raise_open_file_limit()
+    prepare_server_process()
     try:
         trio.run(_serve_until_signal, config, host, port, args.dht, ring_tls, args.advertise)
     except* OSError as group:
@@ -138,6 +137,7 @@ async def _serve_until_signal(
     async with trio.open_nursery() as nursery:
         serve = functools.partial(run_origin, config, host, port, dht, ring_tls=ring_tls)
         running: RunningOrigin = await nursery.start(serve)
+        nursery.start_soon(keep_fresh, ring_tls)
         publishing = f", publishing via {dht}" if dht else ""
         shown = advertise_or_bound(host, running.port, advertise)
         print(f"origin serving {config.root}, listening on {shown}{publishing}", flush=True)

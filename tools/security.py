@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 
@@ -73,14 +74,15 @@ def _from_environment_only(args: argparse.Namespace) -> bool:
 
 async def keep_fresh(credentials: TlsCredentials | None, interval: float = RELOAD_INTERVAL) -> None:
     """Reload renewed credential files every `interval` seconds and on SIGHUP,
-    until cancelled. A bad renewal is logged and the old credentials stay."""
-    if credentials is None:
-        return
+    until cancelled. A bad renewal is logged and the old credentials stay.
+    Without credentials it still takes SIGHUP, so a reload never kills a process."""
     with trio.open_signal_receiver(signal.SIGHUP) as hangups:
         while True:
-            with trio.move_on_after(interval):
+            with trio.move_on_after(interval if credentials else math.inf):
                 await hangups.__anext__()
-                log.info("SIGHUP: checking the credential files")
+                log.info("SIGHUP: checking the credential files" if credentials else "SIGHUP: no credentials to reload (--insecure)")
+            if credentials is None:
+                continue
             try:
                 credentials.reload_if_changed()
             except CertificateError as exc:
