@@ -62,7 +62,7 @@ def main() -> None:
     os.chdir(ROOT)
     if command == "bench":
         ensure_env("test,bench")
-        for bench in ("bench_hops", "bench_rpc", "bench_store", "bench_parsers", "bench_edge", "bench_offload"):
+        for bench in ("bench_hops", "bench_rpc", "bench_store", "bench_small", "bench_parsers", "bench_edge", "bench_offload"):
             subprocess.run([str(PYTHON), "-m", f"tools.bench.{bench}", *rest], check=True)
         return
     ensure_env("test")

@@ -89,12 +89,18 @@ class BlockStore:
         self.used += len(data)
         return True
 
-    async def get(self, key: bytes) -> bytes | None:
-        """The verified block, or None; a copy that fails verification is removed."""
+    def verified(self, key: bytes) -> bytes | None:
+        """The block if an intact copy is here, else None (missing or corrupt),
+        without waiting: the read path of `get_block`."""
         if key not in self._index:
             return None
         data = self._read(key)
-        if data is not None and block_hash(data) == key:
+        return data if data is not None and block_hash(data) == key else None
+
+    async def get(self, key: bytes) -> bytes | None:
+        """The verified block, or None; a copy that fails verification is removed."""
+        data = self.verified(key)
+        if data is not None or key not in self._index:
             return data
         self.corrupt_found += 1
         log.warning("dropping a corrupt or unreadable copy of block %s", key.hex()[:16])

@@ -23,7 +23,7 @@ import trio
 from . import messages
 from .errors import ChordError, RemoteError, TransportError
 from .ids import IdSpace
-from .lookup import iterate
+from .lookup import ReplicaCache, StartingPoints, in_ring_order, iterate
 from .merkle import (
     DEFAULT_CHUNK,
     DEFAULT_FANOUT,
@@ -36,13 +36,15 @@ from .merkle import (
     decode_node,
     parse_cid,
 )
+from .messages import LookupResult
 from .node import ChordNode, remote_step
 from .routing import NodeRef
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
-Locate = Callable[[int], Awaitable[list[NodeRef]]]
+Locate = Callable[[int], Awaitable[LookupResult]]
+KnownMembers = Callable[[], Awaitable[set[int]]]  # IDs of the entry node and the nodes it knows follow it
 Call = Callable[..., Awaitable[Any]]
 Sink = Callable[[bytes], Awaitable[None]]
 Progress = Callable[[int], None]
@@ -58,6 +60,7 @@ class PutFailed(ChordError):
 
 DEFAULT_REPLICAS = 3
 PUT_ROUNDS = 2  # a second lookup and fan-out for the copies the first one missed
+PUT_RETRY_DELAY = 0.5  # seconds before that second round: routing may settle meanwhile
 
 
 class BadRange(ChordError, ValueError):
@@ -84,6 +87,7 @@ class DhtClient:
         write_quorum: int | None = None,
         window: int = 16,
         read_attempts: int = 4,
+        known_members: KnownMembers | None = None,
     ) -> None:
         if replicas < 1:
             raise ValueError("replicas must be at least 1")
@@ -94,6 +98,8 @@ class DhtClient:
         self.space = space
         self.replicas = replicas
         self.write_quorum = write_quorum
+        self.known_members = known_members
+        self.read_cache = ReplicaCache()
         self.window = window
         self.read_attempts = read_attempts
         self.stats = ClientStats()
@@ -102,10 +108,10 @@ class DhtClient:
     def for_node(cls, node: ChordNode, **options: Any) -> "DhtClient":
         """A client inside a node: it locates keys with the node's own lookups."""
 
-        async def locate(position: int) -> list[NodeRef]:
-            return (await node.lookup(position)).successors
+        async def known_members() -> set[int]:
+            return {node.me.id, *(successor.id for successor in node.routing.successors)}
 
-        return cls(node.call, locate, node.space, **options)
+        return cls(node.call, node.lookup, node.space, known_members=known_members, **options)
 
     @classmethod
     async def via(cls, transport: Transport, address: str, timeout: float = 10.0, **options: Any) -> "DhtClient":
@@ -126,11 +132,19 @@ class DhtClient:
         async def step(hop: NodeRef, key: int, dead: frozenset[int]) -> tuple[bool, list[NodeRef]]:
             return await remote_step(step_call, space, hop, key, dead)
 
-        async def locate(position: int) -> list[NodeRef]:
-            return (await iterate(space, position, entry, step, timeout)).successors
+        starts = StartingPoints(space, entry)
+
+        async def locate(position: int) -> LookupResult:
+            result = await iterate(space, position, starts.before(position), step, timeout, on_dead=starts.forget)
+            starts.learn([*result.path, *result.successors])
+            return result
+
+        async def known_members() -> set[int]:
+            now = messages.NodeInfo.from_wire(await call(entry, "info"))
+            return {now.me.id, *(successor.id for successor in now.successors)}
 
         options.setdefault("replicas", info.store.get("replicas", DEFAULT_REPLICAS))
-        return cls(call, locate, space, **options)
+        return cls(call, locate, space, known_members=known_members, **options)
 
     # -- blocks -------------------------------------------------------------------------------
 
@@ -143,8 +157,14 @@ class DhtClient:
         stored: set[int] = set()
         failures: dict[str, str] = {}
         acknowledged = needed = 0
-        for _ in range(PUT_ROUNDS):
-            replica_set = (await self.locate(position))[: self.replicas]
+        for attempt in range(PUT_ROUNDS):
+            if attempt:
+                await trio.sleep(PUT_RETRY_DELAY)
+            try:
+                replica_set = await self.replica_set(position)
+            except PutFailed as exc:
+                failures["lookup"] = str(exc)
+                continue
             needed = min(self.write_quorum or self.replicas, len(replica_set))
             missing = [node for node in replica_set if node.id not in stored]
             async with trio.open_nursery() as nursery:
@@ -155,6 +175,21 @@ class DhtClient:
                 return key
         reasons = "; ".join(f"{address}: {why}" for address, why in failures.items())
         raise PutFailed(f"block {key.hex()[:16]}…: only {acknowledged} of {needed} copies acknowledged" + (f" ({reasons})" if reasons else ""))
+
+    async def replica_set(self, position: int) -> list[NodeRef]:
+        """The owner of `position` and the r−1 nodes after it, distinct and in ring
+        order (`dht.lookup` keeps only such a run). Fewer than r only in a ring of
+        fewer than r nodes: the entry node must know of no node outside the set;
+        otherwise PutFailed, so that a lookup cut short (by a liar, or successor
+        lists still filling up) never lowers the number of copies."""
+        nodes = in_ring_order(self.space, position, (await self.locate(position)).successors)[: self.replicas]
+        if len(nodes) < self.replicas:
+            known = await self.known_members() if self.known_members else {-1}
+            if not known <= {node.id for node in nodes}:
+                raise PutFailed(
+                    f"the lookup found only {len(nodes)} of {self.replicas} replicas, but the ring has more nodes; try again"
+                )
+        return nodes
 
     async def _store_copy(self, node: NodeRef, key: bytes, data: bytes, stored: set[int], failures: dict[str, str]) -> None:
         try:
@@ -170,8 +205,24 @@ class DhtClient:
             stored.add(node.id)
 
     async def get_block(self, key: bytes) -> bytes:
-        """The block under key from the first replica that has an intact copy."""
-        nodes = await self.locate(self.space.position(key))
+        """The block under key from the first replica that has an intact copy; the
+        replicas from a recent lookup covering the key when there is one (a block is
+        verified by its hash, so a stale answer can only miss), else a fresh lookup."""
+        position = self.space.position(key)
+        cached = self.read_cache.replicas(position, trio.current_time())
+        if cached is not None:
+            data = await self._first_intact(key, cached)
+            if data is not None:
+                return data
+            self.read_cache.drop(position)
+        result = await self.locate(position)
+        self.read_cache.remember(result, trio.current_time())
+        data = await self._first_intact(key, result.successors)
+        if data is None:
+            raise BlockNotFound(f"block {key.hex()} was not found on {min(len(result.successors), self.read_attempts)} replicas")
+        return data
+
+    async def _first_intact(self, key: bytes, nodes: list[NodeRef]) -> bytes | None:
         for node in nodes[: self.read_attempts]:
             try:
                 data = messages.block_reply(await self.call(node, "get_block", key))
@@ -187,7 +238,7 @@ class DhtClient:
                 log.warning("%s sent a corrupt copy of block %s; trying the next replica", node.address, key.hex()[:12])
                 continue
             return data
-        raise BlockNotFound(f"block {key.hex()} was not found on {min(len(nodes), self.read_attempts)} replicas")
+        return None
 
     # -- files ----------------------------------------------------------------------------------
 

@@ -6,16 +6,31 @@ of its own rather than trusting one node's word. Each step goes to the known
 node closest before the key; a hop that fails joins a dead set that every later
 step excludes, and a node already asked is asked again once the dead set has
 grown. How a step reaches a node (a local table or an RPC) is the caller's `Step`.
+
+An owner answer is believed only if it could be true (`owner_answer_problem`): the
+key falls between the hop and the owner it names; a hop whose answer fails that is
+treated like a dead one. Of the nodes after the owner, only the run that is
+distinct and in ring order is kept (`in_ring_order`), so a liar cannot name itself
+r times as a whole replica set, and a stale entry cannot slip in out of order.
+
+`StartingPoints` is a client's memory of the nodes its lookups met, so that each
+lookup starts at the known node closest before its key instead of at the entry
+node: in a small ring that is usually the owner's predecessor, one step away.
+`ReplicaCache` keeps recent answers for reads, which need no lookup at all while
+an answer is fresh (blocks are verified by hash, so a stale answer costs a miss,
+never a wrong byte).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import trio
+from sortedcontainers import SortedDict
 
-from .errors import ChordError, LookupFailed, RemoteError, TransportError
-from .ids import IdSpace, in_open
+from .errors import BadReply, ChordError, LookupFailed, RemoteError, TransportError
+from .ids import IdSpace, in_half_open, in_open
 from .messages import LookupResult
 from .routing import NodeRef
 
@@ -52,6 +67,9 @@ async def iterate(
             asked[hop.address] = len(dead)
             try:
                 found, nodes = await step(hop, key, frozenset(dead))
+                problem = owner_answer_problem(space, key, hop, nodes) if found else None
+                if problem:
+                    raise BadReply(f"{hop.address} gave an impossible owner answer: {problem}")
             except (TransportError, RemoteError) as exc:
                 timeouts += 1
                 dead.add(hop.id)
@@ -61,12 +79,35 @@ async def iterate(
             if hop.address != local_address and hop not in path:
                 path.append(hop)
             if found:
-                return LookupResult(key, nodes[0], nodes, path, timeouts)
+                nodes = in_ring_order(space, key, nodes)
+                arc_start = hop.id if hop.id != nodes[0].id else (key - 1) % space.size
+                return LookupResult(key, nodes[0], nodes, path, timeouts, arc_start)
             for node in nodes:
                 if node.id not in dead and node.address not in asked and in_open(node.id, hop.id, key):
                     frontier[node.address] = node
         raise LookupFailed(f"no live route to key {space.short(key)} ({len(path)} hops, {timeouts} failed)")
     raise LookupFailed(f"lookup of {space.short(key)} timed out after {timeout:g}s ({len(path)} hops)")
+
+
+def owner_answer_problem(space: IdSpace, key: int, hop: NodeRef, nodes: list[NodeRef]) -> str | None:
+    """Why an owner answer [owner, successors...] from `hop` cannot be right, or None.
+    The key must lie in (hop, owner]; a hop that names itself claims its own arc,
+    which only it can know."""
+    if not nodes:
+        return "it names no node"
+    if hop.id != nodes[0].id and not in_half_open(key, hop.id, nodes[0].id):
+        return "the key does not lie between the hop and the owner it names"
+    return None
+
+
+def in_ring_order(space: IdSpace, key: int, nodes: list[NodeRef]) -> list[NodeRef]:
+    """The leading run of `nodes` that goes clockwise from the key without repeats."""
+    kept = nodes[:1]
+    for node in nodes[1:]:
+        if space.distance(key, node.id) <= space.distance(key, kept[-1].id):
+            break
+        kept.append(node)
+    return kept
 
 
 def _ask_again(frontier: dict[str, NodeRef], answered: list[NodeRef], asked: dict[str, int], dead_count: int) -> bool:
@@ -76,3 +117,67 @@ def _ask_again(frontier: dict[str, NodeRef], answered: list[NodeRef], asked: dic
             frontier[node.address] = node
             return True
     return False
+
+
+class StartingPoints:
+    """Nodes a client has met, to start each lookup near its key. Bounded; a node
+    that failed a step is forgotten; the entry node is always there to fall back on."""
+
+    def __init__(self, space: IdSpace, entry: NodeRef, capacity: int = 1024) -> None:
+        self.space, self.entry, self.capacity = space, entry, capacity
+        self._nodes: dict[int, NodeRef] = {entry.id: entry}
+
+    def learn(self, nodes: list[NodeRef]) -> None:
+        for node in nodes:
+            if node.id not in self._nodes and len(self._nodes) < self.capacity:
+                self._nodes[node.id] = node
+
+    def forget(self, node: NodeRef, error: ChordError | None = None) -> None:
+        if node.id != self.entry.id:
+            self._nodes.pop(node.id, None)
+
+    def before(self, key: int) -> NodeRef:
+        """The known node closest before `key` (or at it)."""
+        return min(self._nodes.values(), key=lambda node: self.space.distance(node.id, key))
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    result: LookupResult
+    expires: float
+
+
+class ReplicaCache:
+    """Recent lookup answers, for reads only: an answer naming owner O after hop H
+    holds for every key in (H, O] for `ttl` seconds. Pure: the caller passes the time."""
+
+    def __init__(self, ttl: float = 5.0, capacity: int = 1024) -> None:
+        self.ttl, self.capacity = ttl, capacity
+        self._by_owner: SortedDict = SortedDict()  # owner ID -> _Cached
+
+    def remember(self, result: LookupResult, now: float) -> None:
+        if result.arc_start is None:
+            return
+        if len(self._by_owner) >= self.capacity and result.owner.id not in self._by_owner:
+            self._by_owner.popitem(0)
+        self._by_owner[result.owner.id] = _Cached(result, now + self.ttl)
+
+    def replicas(self, key: int, now: float) -> list[NodeRef] | None:
+        """The cached owner and successors for `key`, if a fresh answer covers it."""
+        cached = self._covering(key)
+        if cached is None or cached.expires < now:
+            return None
+        return cached.result.successors
+
+    def drop(self, key: int) -> None:
+        """Forget the answer covering `key` (its nodes did not have a block)."""
+        cached = self._covering(key)
+        if cached is not None:
+            del self._by_owner[cached.result.owner.id]
+
+    def _covering(self, key: int) -> _Cached | None:
+        if not self._by_owner:
+            return None
+        index = self._by_owner.bisect_left(key)
+        cached: _Cached = self._by_owner.peekitem(index % len(self._by_owner))[1]  # the first owner at or after key
+        return cached if cached.result.covers(key) else None

@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 from .errors import BadReply, BadRequest, Forbidden, describe
 from .identity import PeerIdentity, Role
-from .ids import IdSpace
+from .ids import IdSpace, in_half_open
 from .merkle import HASH_SIZE
 from .routing import MAX_REFS, NodeRef, refs_from_wire, refs_to_wire
 
@@ -306,6 +306,11 @@ class LookupResult:
     successors: list[NodeRef]
     path: list[NodeRef] = field(default_factory=list)
     timeouts: int = 0
+    arc_start: int | None = None  # the owner's arc is known to include (arc_start, owner]; not sent
+
+    def covers(self, key: int) -> bool:
+        """Whether this answer holds for `key` too: it lies in (arc_start, owner]."""
+        return self.arc_start is not None and in_half_open(key, self.arc_start, self.owner.id)
 
     @property
     def hops(self) -> int:

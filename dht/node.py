@@ -290,7 +290,7 @@ class ChordNode:
         return whether it was known."""
         known = self.routing.forget(node.id)
         if known:
-            self.departed.remember(node)
+            self.departed.remember(node, trio.current_time())
         return known
 
     async def _rejoin(self) -> None:
@@ -346,14 +346,14 @@ class ChordNode:
                 pass
 
     async def _departed_peer_back(self) -> NodeRef | None:
-        """Probe the departed peer waiting longest; return it if it answers."""
-        node = self.departed.next_to_probe()
+        """Probe the departed peer whose probe is most overdue; return it if it answers."""
+        node = self.departed.next_to_probe(trio.current_time())
         if node is None:
             return None
         try:
             answer = await self.ask(node, "ping", lambda reply: messages.ping_reply(reply, self.space))
         except (TransportError, RemoteError):
-            self.departed.probe_failed(node)
+            self.departed.probe_failed(node, trio.current_time())
             return None
         self.departed.discard(node.id)
         log.info("%r: departed peer %s answers again", self, node.address)
@@ -363,12 +363,10 @@ class ChordNode:
         predecessor = self.routing.predecessor
         if predecessor is None:
             return
-        try:
-            await self.call(predecessor, "ping")
-        except (TransportError, RemoteError):
+        if not await self._answers_as(predecessor):
             if self.routing.predecessor == predecessor:
                 self.routing.set_predecessor(None)
-                self.departed.remember(predecessor)
+                self.departed.remember(predecessor, trio.current_time())
                 log.info("%r: predecessor %s failed", self, predecessor.address)
 
     # -- lookups -------------------------------------------------------------------
@@ -454,15 +452,33 @@ class ChordNode:
         if was_successor and its_successors:
             self.routing.set_successors(its_successors[0], its_successors[1:])
 
-    def _on_predecessor_leaving(self, caller: PeerIdentity, args: list[Any]) -> None:
+    def _on_predecessor_leaving(self, caller: PeerIdentity, args: list[Any]) -> Awaitable[None] | None:
+        """Our predecessor leaves and names its own predecessor as ours. That node is
+        adopted only once it answers at that address with that ID (the awaitable
+        returned): a predecessor decides which keys we call our own, so a forged
+        one must not get in."""
         leaver_wire, predecessor_wire = messages.arguments(args, 2, "predecessor_leaving")
         leaver = messages.self_arg(leaver_wire, self.space, caller, "predecessor_leaving")
         replacement = None if predecessor_wire is None else messages.node_arg(predecessor_wire, self.space, "predecessor_leaving")
         was_predecessor = self.routing.predecessor is not None and self.routing.predecessor.id == leaver.id
         self.routing.forget(leaver.id)
         self.departed.discard(leaver.id)
-        if was_predecessor:
-            self.routing.set_predecessor(replacement)
+        if not was_predecessor:
+            return None
+        self.routing.set_predecessor(None)
+        if replacement is None or replacement.id == self.me.id:
+            return None
+        return self._adopt_predecessor(replacement)
+
+    async def _adopt_predecessor(self, candidate: NodeRef) -> None:
+        if await self._answers_as(candidate) and self.routing.predecessor is None:  # nobody closer notified us meanwhile
+            self.routing.set_predecessor(candidate)
+
+    async def _answers_as(self, node: NodeRef) -> bool:
+        try:
+            return await self.ask(node, "ping", lambda reply: messages.ping_reply(reply, self.space)) == node
+        except (TransportError, RemoteError):
+            return False
 
     def info(self) -> NodeInfo:
         """What `info` reports: this node's view of the ring and its services' figures."""

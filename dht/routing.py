@@ -69,10 +69,13 @@ class Forward:
 def merge_successor_list(
     me: NodeRef, successor: NodeRef, its_successors: Sequence[NodeRef], size: int
 ) -> list[NodeRef]:
-    """Our successor list: the successor, then its list, without us or repeats."""
+    """Our successor list: the successor (unless it is us), then its list up to us
+    (past us a list would run round the ring a second time), without repeats."""
     merged: list[NodeRef] = []
     seen: set[int] = {me.id}
-    for node in (successor, *its_successors):
+    for position, node in enumerate((successor, *its_successors)):
+        if node.id == me.id and position > 0:
+            break
         if node.id not in seen:
             seen.add(node.id)
             merged.append(node)
@@ -146,8 +149,10 @@ class RoutingTable:
     # -- changing ----------------------------------------------------------------
 
     def set_successors(self, successor: NodeRef, its_successors: Sequence[NodeRef]) -> None:
-        self.successors = merge_successor_list(self.me, successor, its_successors, self.successor_list_size)
-        self._candidates = None
+        merged = merge_successor_list(self.me, successor, its_successors, self.successor_list_size)
+        if merged != self.successors:  # most stabilize rounds change nothing: keep the candidates
+            self.successors = merged
+            self._candidates = None
 
     def set_predecessor(self, node: NodeRef | None) -> None:
         self.predecessor = None if node is not None and node.id == self.me.id else node
@@ -202,49 +207,63 @@ class RoutingTable:
         return self._candidates
 
 
+@dataclass(slots=True)
+class _Departed:
+    node: NodeRef
+    lost_at: float
+    due: float
+    failures: int = 0
+
+
 class DepartedPeers:
     """Peers that stopped answering, remembered so they can be tried again.
 
     A partition looks like mass failure from either side: each side forgets the
     other and settles into a ring of its own. Once the partition heals, nothing in
     either ring points across, so only a memory of the lost peers can find the
-    other ring again. Bounded in size; a peer is dropped after `max_probes` failed
-    probes, or as soon as one answers."""
+    other ring again. A peer is probed again after a delay that doubles with each
+    failed probe, from `first_retry` to `max_retry` seconds, so a partition of any
+    length heals within about `max_retry` of its end; it is forgotten `max_age`
+    after it was lost, or as soon as it answers. Bounded in size: the oldest memory
+    goes when full. Pure: the caller passes the time."""
 
-    def __init__(self, capacity: int = 16, max_probes: int = 16) -> None:
-        if capacity < 1 or max_probes < 1:
-            raise ValueError("capacity and max_probes must be at least 1")
+    def __init__(self, capacity: int = 16, first_retry: float = 1.0, max_retry: float = 60.0, max_age: float = 86_400.0) -> None:
+        if capacity < 1 or not 0 < first_retry <= max_retry or max_age <= 0:
+            raise ValueError("capacity must be at least 1, and 0 < first_retry <= max_retry, max_age > 0")
         self.capacity = capacity
-        self.max_probes = max_probes
-        self._failed_probes: dict[int, tuple[NodeRef, int]] = {}  # oldest first
+        self.first_retry, self.max_retry, self.max_age = first_retry, max_retry, max_age
+        self._peers: dict[int, _Departed] = {}  # oldest first
 
     def __len__(self) -> int:
-        return len(self._failed_probes)
+        return len(self._peers)
 
     def __contains__(self, node_id: int) -> bool:
-        return node_id in self._failed_probes
+        return node_id in self._peers
 
-    def remember(self, node: NodeRef) -> None:
-        """Note a peer that did not answer; the oldest memory goes when full."""
-        if node.id in self._failed_probes:
+    def remember(self, node: NodeRef, now: float) -> None:
+        """Note a peer that did not answer, first probed `first_retry` from now;
+        the oldest memory goes when full."""
+        if node.id in self._peers:
             return
-        if len(self._failed_probes) >= self.capacity:
-            del self._failed_probes[next(iter(self._failed_probes))]
-        self._failed_probes[node.id] = (node, 0)
+        if len(self._peers) >= self.capacity:
+            del self._peers[next(iter(self._peers))]
+        self._peers[node.id] = _Departed(node, now, now + self.first_retry)
 
     def discard(self, node_id: int) -> None:
         """Forget a peer for good: it answered, or it left gracefully."""
-        self._failed_probes.pop(node_id, None)
+        self._peers.pop(node_id, None)
 
-    def next_to_probe(self) -> NodeRef | None:
-        """The peer waiting longest for a probe, if any."""
-        for node, _ in self._failed_probes.values():
-            return node
-        return None
+    def next_to_probe(self, now: float) -> NodeRef | None:
+        """The peer whose probe is most overdue, if any is due; peers lost longer
+        than `max_age` ago are forgotten on the way."""
+        for node_id in [i for i, peer in self._peers.items() if now - peer.lost_at > self.max_age]:
+            del self._peers[node_id]
+        due = [peer for peer in self._peers.values() if peer.due <= now]
+        return min(due, key=lambda peer: peer.due).node if due else None
 
-    def probe_failed(self, node: NodeRef) -> None:
-        """Count a failed probe; send the peer to the back of the queue, or drop it
-        once it has failed `max_probes` times."""
-        entry = self._failed_probes.pop(node.id, None)
-        if entry is not None and entry[1] + 1 < self.max_probes:
-            self._failed_probes[node.id] = (entry[0], entry[1] + 1)
+    def probe_failed(self, node: NodeRef, now: float) -> None:
+        """Count a failed probe: the next one waits twice as long (up to max_retry)."""
+        peer = self._peers.get(node.id)
+        if peer is not None:
+            peer.failures += 1
+            peer.due = now + min(self.first_retry * 2**peer.failures, self.max_retry)

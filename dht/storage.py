@@ -102,9 +102,13 @@ class BlockService:
         await self.store.put(key, data)  # verified against the key; NodeFull when full
         return True
 
-    async def _on_get_block(self, caller: PeerIdentity, args: list[Any]) -> bytes | None:
+    def _on_get_block(self, caller: PeerIdentity, args: list[Any]) -> Any:
+        """Answered at once from an intact copy; only a corrupt one, which must be
+        dropped, takes the slower way."""
         (key,) = messages.arguments(args, 1, "get_block")
-        return await self.store.get(messages.block_key_arg(key, "get_block"))
+        key = messages.block_key_arg(key, "get_block")
+        data = self.store.verified(key)
+        return self.store.get(key) if data is None and key in self.store else data
 
     async def _on_prove_blocks(self, caller: PeerIdentity, args: list[Any]) -> list[bytes | None]:
         nonce, keys = messages.prove_args(args)
@@ -205,10 +209,11 @@ class BlockService:
                 await self.store.delete(key)
                 self.stats.dropped += 1
 
-    async def proved_by_all(self, keys: list[bytes], holders: list[NodeRef]) -> list[bytes]:
+    async def proved_by_all(self, keys: list[bytes], holders: list[NodeRef], drop_unreachable: bool = False) -> list[bytes]:
         """The keys (at most MAX_PROVE, all held here) that every holder proved it
         holds, answering a fresh challenge; a holder that cannot prove one is sent
-        the block, and proves it on a later round."""
+        the block, and proves it on a later round. A holder that cannot be reached
+        fails the whole call, or with `drop_unreachable` is taken off `holders`."""
         nonce = secrets.token_bytes(16)
         expected: dict[bytes, bytes] = {}
         for key in keys:
@@ -217,14 +222,21 @@ class BlockService:
                 expected[key] = possession_proof(nonce, data)
         proved = set(expected)
         decode = lambda reply: messages.proofs_reply(reply, len(keys))  # noqa: E731
-        for holder in holders:
-            answers = await self.node.ask(holder, "prove_blocks", decode, nonce, keys)
+        for holder in list(holders):
+            try:
+                answers = await self.node.ask(holder, "prove_blocks", decode, nonce, keys)
+            except TransportError:
+                if not drop_unreachable:
+                    raise
+                log.warning("%r: %s is gone; it takes no hand-off", self.node, holder.address)
+                holders.remove(holder)
+                continue
             for key, answer in zip(keys, answers):
                 if key in expected and answer != expected[key]:
                     self.stats.proofs_failed += answer is not None  # a wrong answer, not a plain miss
                     proved.discard(key)
                     await self._push(holder, key)
-        return [key for key in keys if key in proved]
+        return [key for key in keys if key in proved] if holders else []
 
     # -- leaving ---------------------------------------------------------------------------
 
@@ -257,8 +269,8 @@ class BlockService:
             for start in range(0, len(pending), messages.MAX_PROVE):
                 batch = pending[start : start + messages.MAX_PROVE]
                 try:
-                    proved = set(await self.proved_by_all(batch, holders))
-                except (TransportError, RemoteError) as exc:
+                    proved = set(await self.proved_by_all(batch, holders, drop_unreachable=True))
+                except (TransportError, RemoteError) as exc:  # a push to a holder failed
                     log.warning("%r: hand-off proofs failed: %s", self.node, exc)
                     proved = set()
                 still.extend(key for key in batch if key not in proved)

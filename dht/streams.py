@@ -19,6 +19,7 @@ their own lengths, so a cut-off stream is detected there).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 
@@ -43,6 +44,14 @@ class SocketChannel:
         """Take over the socket of a trio stream (which is left empty)."""
         return cls(socket.socket(fileno=stream.socket.detach()))
 
+    def limit_unacknowledged(self, seconds: float) -> None:
+        """Have the kernel abort the connection when sent data stays unacknowledged
+        this long (TCP_USER_TIMEOUT, where the platform has it)."""
+        option = getattr(socket, "TCP_USER_TIMEOUT", None)
+        if option is not None:
+            with contextlib.suppress(OSError):  # a socket the peer already reset: the next read says so
+                self.sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+
     @property
     def tls(self) -> bool:
         return isinstance(self.sock, ssl.SSLSocket)
@@ -58,7 +67,10 @@ class SocketChannel:
     async def start_tls(self, context: ssl.SSLContext, server_side: bool) -> None:
         """Wrap the socket in TLS and complete the handshake (bound it with a
         deadline). Failures raise trio.BrokenResourceError, the ssl error as cause."""
-        self.sock = context.wrap_socket(self.sock, server_side=server_side, do_handshake_on_connect=False)
+        try:
+            self.sock = context.wrap_socket(self.sock, server_side=server_side, do_handshake_on_connect=False)
+        except OSError as exc:  # the peer reset the connection already
+            raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
         while True:
             try:
                 self.sock.do_handshake()  # type: ignore[attr-defined]

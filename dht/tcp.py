@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 256 * 1024
 MAX_HANDLERS_PER_CONNECTION = 128
 MAX_CONNECTIONS = 4096
+UNACKED_LIMIT = 15.0  # seconds sent data may stay unacknowledged before the kernel gives up on a link
 REFUSAL_LOG_EVERY = 10.0  # seconds: at most a few refusal lines per span, then a count
 
 
@@ -107,6 +108,7 @@ class _ClientConnection:
         self.outbox = bytearray()
         self.sending = False
         self.active = 0  # calls between entering _call and getting their answer
+        self.last_received = trio.current_time()
         self.closed = False
         self._next_id = 0
 
@@ -124,6 +126,7 @@ class _ClientConnection:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         break
+                    self.last_received = trio.current_time()
                     decoder.feed(data)
                     continue
                 reply = parse_reply(payload)
@@ -162,6 +165,7 @@ class TcpTransport:
         frame_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         handshake_timeout: float = 5.0,
+        idle_timeout: float = 300.0,
         max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self._nursery = nursery
@@ -170,6 +174,7 @@ class TcpTransport:
         self.frame_timeout = frame_timeout
         self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
         self.max_connections = max_connections
         self.open_connections = 0
         self.refusals = RefusalLog()
@@ -206,12 +211,18 @@ class TcpTransport:
         waiter = _PendingCall()
         connection.pending[request_id] = waiter
         connection.active += 1
+        sent_at = trio.current_time()
         try:
             await self._send(connection, frame)
             await waiter.done.wait()
         finally:
             connection.active -= 1
             connection.pending.pop(request_id, None)
+            if not waiter.done.is_set() and connection.last_received < sent_at and not connection.closed:
+                # Not a byte since this call went out: the link is probably dead (a
+                # cut cable keeps a TCP connection "open" for minutes); a new one
+                # costs a handshake, a stale one costs every later call its timeout.
+                self._drop(connection)
         if waiter.error is not None:
             raise waiter.error
         reply = waiter.result
@@ -267,6 +278,7 @@ class TcpTransport:
             try:
                 with trio.fail_after(self.connect_timeout):
                     channel = SocketChannel.of_stream(await trio.open_tcp_stream(host, port))
+                channel.limit_unacknowledged(UNACKED_LIMIT)
             except trio.TooSlowError:
                 raise CallTimeout(f"connecting to {address} timed out") from None
             except OSError as exc:
@@ -316,7 +328,15 @@ class TcpTransport:
         self._address = advertised_address(host, bound_port, advertise)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        channel = SocketChannel.of_stream(stream)
+        """Serve one incoming link. Nothing that happens on it may reach the
+        listener: an error here ends this connection only."""
+        try:
+            await self._serve_channel(SocketChannel.of_stream(stream))
+        except Exception:  # a bug, not the peer's doing: this link goes, the node stays
+            log.exception("serving a connection failed")
+
+    async def _serve_channel(self, channel: SocketChannel) -> None:
+        channel.limit_unacknowledged(UNACKED_LIMIT)
         self.open_connections += 1
         try:
             if self.open_connections > self.max_connections:
@@ -327,7 +347,7 @@ class TcpTransport:
                 return
             async with trio.open_nursery() as handlers:
                 connection = _ServerConnection(channel, handlers, self._handler, self.max_frame, caller)
-                await connection.serve(self.frame_timeout)
+                await connection.serve(self.frame_timeout, self.idle_timeout)
                 handlers.cancel_scope.cancel()  # the client is gone: nobody awaits these replies
         finally:
             self.open_connections -= 1
@@ -369,7 +389,9 @@ class _ServerConnection:
         self.limiter = trio.CapacityLimiter(MAX_HANDLERS_PER_CONNECTION)
         self.outbox = bytearray()
 
-    async def serve(self, frame_timeout: float) -> None:
+    async def serve(self, frame_timeout: float, idle_timeout: float) -> None:
+        """Read and answer requests until the peer hangs up, stalls mid-frame for
+        `frame_timeout`, or sends nothing for `idle_timeout` (a slot held open)."""
         decoder = FrameDecoder(self.max_frame)
         frame_deadline = math.inf  # a started frame must be complete by then
         try:
@@ -384,7 +406,8 @@ class _ServerConnection:
                     await self.flush()
                     if decoder.in_frame and frame_deadline == math.inf:
                         frame_deadline = trio.current_time() + frame_timeout
-                    with trio.fail_at(frame_deadline):
+                    idle_deadline = trio.current_time() + idle_timeout
+                    with trio.fail_at(min(frame_deadline, idle_deadline)):
                         data = await self.stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         return
@@ -393,7 +416,7 @@ class _ServerConnection:
                 frame_deadline = math.inf
                 await self.dispatch(payload)
         except trio.TooSlowError:
-            log.info("dropping a connection that stalled mid-frame")
+            log.info("dropping a connection that %s", "stalled mid-frame" if decoder.in_frame else f"sent nothing for {idle_timeout:g} s")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 

@@ -72,7 +72,7 @@ def unpack(data: bytes) -> Any:
     except ProtocolError:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for bad input
-        raise ProtocolError(f"malformed msgpack payload: {exc}") from None
+        raise ProtocolError(f"malformed msgpack payload: {exc or type(exc).__name__}") from None
 
 
 def encode_frame(message: Any, max_frame: int = MAX_FRAME) -> bytes:

@@ -1,7 +1,10 @@
-"""Shared fixtures: a simulated cluster of real Chord nodes in virtual time."""
+"""Shared fixtures: a simulated cluster of real Chord nodes in virtual time, and a
+trio scheduler seeded per test, so that a test's outcome does not depend on which
+tests ran before it (CHORDCDN_SCHEDULER_SEED varies the seed to hunt for races)."""
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Callable, Iterator
 
@@ -26,6 +29,14 @@ FAST = NodeConfig(
 )
 
 ClusterFactory = Callable[..., SimCluster]
+
+
+@pytest.fixture(autouse=True)
+def seeded_trio_scheduler(request: pytest.FixtureRequest) -> None:
+    """trio shuffles runnable tasks with one module-level Random; seed it per test."""
+    scheduler_random = getattr(trio._core._run, "_r", None)
+    if isinstance(scheduler_random, random.Random):
+        scheduler_random.seed(os.environ.get("CHORDCDN_SCHEDULER_SEED", "") + request.node.nodeid)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import tempfile
 from contextlib import asynccontextmanager
 from functools import cache
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable, Sequence
 
 import trio
 
@@ -63,17 +63,24 @@ async def start_node(join: str | None = None, listen: str = "127.0.0.1:0", *extr
     if join:
         command += ["--join", join]
     process = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+    address, output = await read_ready_line(process, 15)
+    return NodeProcess(process, address, output, name)
+
+
+async def read_ready_line(process: trio.Process, timeout: float, describe: Callable[[], str] = str) -> tuple[str, bytes]:
+    """Wait for a node's "listening on ADDRESS" line: (ADDRESS, what it printed).
+    `describe()` adds to the error if the node exits first."""
     output = b""
-    with trio.fail_after(15):
+    with trio.fail_after(timeout):
         while b"\n" not in output:
             chunk = await process.stdout.receive_some(4096)  # type: ignore[union-attr]
             if not chunk:
-                raise AssertionError(f"node exited before it was ready: {output!r}")
+                raise AssertionError(f"node exited before it was ready: {output!r} {describe()}")
             output += chunk
     line = output.decode().splitlines()[0]
     listening = READY.search(line)
     assert listening, line
-    return NodeProcess(process, listening.group(1), output, name)
+    return listening.group(1), output
 
 
 @asynccontextmanager
@@ -88,12 +95,17 @@ async def node_processes(count: int, extra: list[list[str]] | None = None) -> As
             nodes.append(await start_node(nodes[0].address, "127.0.0.1:0", *flags[index]))
         yield nodes
     finally:
+        await kill_all(nodes)
+
+
+async def kill_all(nodes: Sequence[NodeProcess]) -> None:
+    """SIGKILL every node still running and reap them (at most 5 s)."""
+    for node in nodes:
+        if node.process.returncode is None:
+            node.process.kill()
+    with trio.move_on_after(5):
         for node in nodes:
-            if node.process.returncode is None:
-                node.process.kill()
-        with trio.move_on_after(5):
-            for node in nodes:
-                await node.process.wait()
+            await node.process.wait()
 
 
 async def chordcdn(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:

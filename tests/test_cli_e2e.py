@@ -110,7 +110,7 @@ async def test_bad_input_gets_a_clear_error(args: list[str], code: int, message:
 @pytest.mark.parametrize(
     ("role", "extra", "message"),
     [
-        (Role.READER, [], b"is a reader certificate; this needs a node one"),
+        (Role.READER, [], b"is a reader certificate; this needs a node certificate"),
         (None, [], b"missing --cert, --key, --ca"),
         (Role.NODE, ["--ca", "/nonexistent/ca.crt"], b"/nonexistent/ca.crt"),
     ],

@@ -24,6 +24,7 @@ import trio
 
 from dht.blockstore import MemoryBlockStore
 from dht.client import DhtClient
+from dht.messages import LookupResult
 from dht.ids import IdSpace
 from dht.merkle import block_hash
 from dht.node import ChordNode
@@ -352,13 +353,13 @@ class MemoryRing:
         self.blocks[key] = data
         return True
 
-    async def locate(self, position: int) -> list[NodeRef]:
-        return [self.me]
+    async def locate(self, position: int) -> LookupResult:
+        return LookupResult(position, self.me, [self.me])
 
 
 async def test_cid_equals_what_put_file_returns(served: Served, site: Path) -> None:
     ring = MemoryRing()
-    client = DhtClient(ring.call, ring.locate, IdSpace())
+    client = DhtClient(ring.call, ring.locate, IdSpace(), replicas=1)
     with open(site / "big.bin", "rb") as source:
         put = await client.put_file(source)
     assert (await served.client.head("/big.bin")).headers["x-content-cid"] == put

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 from typing import Any
 
@@ -94,7 +96,7 @@ def test_ring_problems_trusts_the_view_to_be_sorted_by_id() -> None:
 
 
 def columns(header: str) -> list[int]:
-    return [header.index(name) for name in ("ADDRESS", "ID", "PREDECESSOR", "SUCCESSOR", "FINGERS")]
+    return [header.index(name) for name in ("ADDRESS", "ID", "PREDECESSOR", "SUCCESSOR", "FINGERS", "STORED")]
 
 
 def cells(line: str, starts: list[int]) -> list[str]:
@@ -106,16 +108,18 @@ def test_render_ring_is_an_aligned_table_in_view_order() -> None:
     nodes = consistent_ring()
     nodes[0] = info(A, None, [B], [B, C, D])
     nodes[1] = info(NodeRef(0x50, "a-much-longer-host:65535"), A, [C])
+    nodes[2] = dataclasses.replace(nodes[2], store={"blocks": 3, "used": 3 * 1024**2, "capacity": 4 * 1024**3})
+    nodes[3] = dataclasses.replace(nodes[3], store={"blocks": 1, "used": 700, "capacity": 0})
     lines = render_ring(RingView(nodes), SPACE)
     assert len(lines) == 5
     header, *rows = lines
     starts = columns(header)
     assert starts[0] == 0 and starts == sorted(starts)
     assert [cells(row, starts) for row in rows] == [
-        ["a:1", "10", "-", "b:2", "3"],
-        ["a-much-longer-host:65535", "50", "a:1", "c:3", "0"],
-        ["c:3", "90", "b:2", "d:4", "1"],
-        ["d:4", "d0", "c:3", "a:1", "1"],
+        ["a:1", "10", "-", "b:2", "3", "-"],
+        ["a-much-longer-host:65535", "50", "a:1", "c:3", "0", "-"],
+        ["c:3", "90", "b:2", "d:4", "1", "3.0MiB/4.0GiB"],
+        ["d:4", "d0", "c:3", "a:1", "1", "700B"],
     ]
     for row in rows:  # every cell starts exactly at its column, after at least two spaces
         for start in starts[1:]:
@@ -126,11 +130,11 @@ def test_render_ring_is_an_aligned_table_in_view_order() -> None:
 def test_render_ring_short_id_is_eight_hex_digits_at_full_width() -> None:
     node = NodeRef(0xDEADBEEF << 224 | 12345, "x:1")
     header, row = render_ring(RingView([NodeInfo(node, 256, None, [], [])]), IdSpace(256))
-    assert cells(row, columns(header)) == ["x:1", "deadbeef", "-", "x:1", "0"]
+    assert cells(row, columns(header)) == ["x:1", "deadbeef", "-", "x:1", "0", "-"]
 
 
 def test_render_empty_view_is_just_the_header() -> None:
-    assert render_ring(RingView(), SPACE) == ["ADDRESS  ID  PREDECESSOR  SUCCESSOR  FINGERS"]
+    assert render_ring(RingView(), SPACE) == ["ADDRESS  ID  PREDECESSOR  SUCCESSOR  FINGERS  STORED"]
 
 
 # -- NodeInfo.from_wire -------------------------------------------------------------------

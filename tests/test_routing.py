@@ -122,9 +122,11 @@ def test_refs_from_wire_rejects(value: object) -> None:
 # -- merge_successor_list --------------------------------------------------------------------
 
 
-def test_merge_drops_self_dedupes_and_keeps_order() -> None:
-    merged = merge_successor_list(ref(10), ref(50), [ref(90), ref(10), ref(50), ref(130), ref(90), ref(170)], 8)
+def test_merge_dedupes_keeps_order_and_stops_at_self() -> None:
+    merged = merge_successor_list(ref(10), ref(50), [ref(90), ref(50), ref(130), ref(90), ref(170)], 8)
     assert ids(merged) == [50, 90, 130, 170]
+    # Past us the successor's list runs round the ring again: stop there.
+    assert ids(merge_successor_list(ref(10), ref(50), [ref(90), ref(10), ref(50), ref(90)], 8)) == [50, 90]
 
 
 def test_merge_truncates_to_size() -> None:
@@ -133,7 +135,7 @@ def test_merge_truncates_to_size() -> None:
 
 
 def test_merge_counts_only_kept_nodes_toward_size() -> None:
-    merged = merge_successor_list(ref(10), ref(50), [ref(50), ref(10), ref(90), ref(130)], 3)
+    merged = merge_successor_list(ref(10), ref(50), [ref(50), ref(90), ref(50), ref(130), ref(170)], 3)
     assert ids(merged) == [50, 90, 130]
 
 
@@ -394,28 +396,37 @@ def test_known_nodes_predecessor_listed_once_when_also_successor() -> None:
     assert table.known_nodes() == [ref(50)]
 
 
-def test_departed_peers_are_probed_oldest_first_and_dropped_when_they_answer() -> None:
-    departed = DepartedPeers(capacity=3, max_probes=2)
+def test_departed_peers_are_probed_when_due_and_dropped_when_they_answer() -> None:
+    departed = DepartedPeers(capacity=3, first_retry=1.0, max_retry=8.0)
     a, b = NodeRef(1, "a"), NodeRef(2, "b")
-    departed.remember(a)
-    departed.remember(b)
-    departed.remember(a)  # already queued: keeps its place
-    assert departed.next_to_probe() == a
-    departed.probe_failed(a)  # to the back of the queue
-    assert departed.next_to_probe() == b and len(departed) == 2
+    departed.remember(a, now=0.0)
+    departed.remember(b, now=0.5)
+    departed.remember(a, now=0.7)  # already remembered: keeps its place and its time
+    assert departed.next_to_probe(0.9) is None  # nobody due yet
+    assert departed.next_to_probe(1.2) == a
+    departed.probe_failed(a, now=1.2)  # next probe of a at 1.2 + 2
+    assert departed.next_to_probe(1.6) == b and len(departed) == 2
     departed.discard(b.id)  # it answered
-    assert departed.next_to_probe() == a and b.id not in departed
+    assert departed.next_to_probe(3.0) is None and departed.next_to_probe(3.3) == a and b.id not in departed
 
 
-def test_departed_peers_give_up_after_max_probes_and_stay_bounded() -> None:
-    departed = DepartedPeers(capacity=2, max_probes=2)
+def test_departed_peer_probes_back_off_to_max_retry_and_expire_after_max_age() -> None:
+    departed = DepartedPeers(capacity=2, first_retry=1.0, max_retry=8.0, max_age=100.0)
     a, b, c = NodeRef(1, "a"), NodeRef(2, "b"), NodeRef(3, "c")
-    departed.remember(a)
-    departed.probe_failed(a)
-    departed.probe_failed(a)
-    assert a.id not in departed and departed.next_to_probe() is None
+    departed.remember(a, now=0.0)
+    now, gaps = 1.0, []
+    for _ in range(6):
+        assert departed.next_to_probe(now) == a
+        departed.probe_failed(a, now)
+        following = now
+        while departed.next_to_probe(following) is None:
+            following += 0.5
+        gaps.append(following - now)
+        now = following
+    assert gaps == [2.0, 4.0, 8.0, 8.0, 8.0, 8.0]  # doubling, capped: a long partition still heals
+    assert departed.next_to_probe(101.0) is None and a.id not in departed  # lost too long ago
     for node in (a, b, c):
-        departed.remember(node)
+        departed.remember(node, now=200.0)
     assert len(departed) == 2 and a.id not in departed  # the oldest memory went
     with pytest.raises(ValueError):
         DepartedPeers(capacity=0)

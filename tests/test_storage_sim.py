@@ -158,6 +158,7 @@ async def test_tampered_blocks_from_a_peer_are_never_accepted(make_cluster: Clus
             return b"not what you asked for"
 
         service.store.get = tampered  # type: ignore[attr-defined]
+        service.store.verified = lambda key: b"not what you asked for"  # type: ignore[attr-defined]
 
     lie(cluster.services[owner.address])  # the replica every reader asks first
     client = cluster.client()

@@ -310,7 +310,9 @@ async def ping_many(client: TcpTransport, address: str, count: int) -> list[Any]
     return results
 
 
-async def test_unanswered_call_times_out_and_leaves_connection_usable() -> None:
+async def test_unanswered_call_on_a_silent_link_times_out_and_the_link_is_replaced() -> None:
+    # Not a byte back since the call went out: the link may be dead (a cut cable
+    # leaves TCP "open" for minutes), so the next call gets a fresh connection.
     async with hanging_peer() as (_, address), open_tcp_transport(None) as client:
         assert await client.call(address, "ping", [], timeout=WAIT) == "pong"
         connection = client._connections[address]
@@ -320,8 +322,29 @@ async def test_unanswered_call_times_out_and_leaves_connection_usable() -> None:
                 await client.call(address, "hang", [], timeout=0.3)
             elapsed = trio.current_time() - started
         assert 0.3 * 0.9 <= elapsed < 2.0
-        assert connection.pending == {}
+        assert connection.pending == {} and connection.closed
         assert await client.call(address, "ping", [], timeout=WAIT) == "pong"
+        assert client._connections[address] is not connection
+
+
+async def test_unanswered_call_on_a_live_link_keeps_the_connection() -> None:
+    async with hanging_peer() as (_, address), open_tcp_transport(None) as client:
+        assert await client.call(address, "ping", [], timeout=WAIT) == "pong"
+        connection = client._connections[address]
+
+        timed_out = trio.Event()
+
+        async def hang() -> None:
+            with pytest.raises(CallTimeout):
+                await client.call(address, "hang", [], timeout=0.5)
+            timed_out.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hang)
+            with trio.fail_after(WAIT):
+                while not timed_out.is_set():  # replies keep flowing while the hang waits
+                    assert await client.call(address, "ping", [], timeout=WAIT) == "pong"
+                    await trio.sleep(0.05)
         assert client._connections[address] is connection and not connection.closed
 
 

@@ -74,7 +74,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     config = NodeConfig.every(
         args.stabilize_interval, bits=args.bits, successor_list_size=args.successors, rpc_timeout=args.rpc_timeout
     )
-    tls = credentials_from(args, Role.NODE, args.bits)
+    tls = credentials_from(args, Role.NODE, bits=args.bits)
     if args.id and tls is not None:
         raise ValueError("--id: a node's ID comes from its certificate's key; choosing one needs --insecure")
     setup = NodeSetup(
@@ -162,7 +162,7 @@ def cmd_lookup(args: argparse.Namespace) -> int:
 def cmd_put(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.file):
         raise CliError(f"{args.file}: no such file", EXIT_USAGE)
-    tls = credentials_from(args)
+    tls = credentials_from(args, Role.CLIENT, Role.NODE)
     try:
         cid = trio.run(files.put_file, args.file, args.via, tls, args.chunk_size, args.quorum)
     except* ValueError as group:

@@ -90,7 +90,7 @@ def ring_problems(view: RingView) -> list[str]:
 
 def render_ring(view: RingView, space: IdSpace) -> list[str]:
     """The ring as an aligned table, one node a line, in ID order. Pure."""
-    rows = [("ADDRESS", "ID", "PREDECESSOR", "SUCCESSOR", "FINGERS")]
+    rows = [("ADDRESS", "ID", "PREDECESSOR", "SUCCESSOR", "FINGERS", "STORED")]
     for info in view.nodes:
         rows.append(
             (
@@ -99,7 +99,24 @@ def render_ring(view: RingView, space: IdSpace) -> list[str]:
                 info.predecessor.address if info.predecessor else "-",
                 info.successor.address,
                 str(len(info.fingers)),
+                fill_level(info.store),
             )
         )
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def fill_level(store: dict[str, int]) -> str:
+    """"1.5MiB/4.0GiB" (used of capacity), "1.5MiB" without a capacity, "-" for no store."""
+    if "used" not in store:
+        return "-"
+    used = human_bytes(store["used"])
+    return f"{used}/{human_bytes(store['capacity'])}" if store.get("capacity") else used
+
+
+def human_bytes(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count}{unit}" if unit == "B" else f"{count:.1f}{unit}"
+        count /= 1024  # type: ignore[assignment]
+    raise AssertionError("unreachable")

@@ -48,10 +48,10 @@ _WHAT = {
 }
 
 
-def credentials_from(args: argparse.Namespace, role: Role | None = None, bits: int = DEFAULT_BITS) -> TlsCredentials | None:
+def credentials_from(args: argparse.Namespace, *roles: Role, bits: int = DEFAULT_BITS) -> TlsCredentials | None:
     """The credentials the options name, or None with --insecure. ValueError
     (which the CLI reports as bad usage) when they are missing or unusable, or
-    when the certificate's role is not `role`."""
+    when the certificate's role is not one of `roles` (any, when none are given)."""
     if args.insecure:
         if any((args.ring_cert, args.ring_key, args.ring_ca)) and not _from_environment_only(args):
             raise ValueError("--insecure and certificates exclude each other; drop one")
@@ -63,8 +63,9 @@ def credentials_from(args: argparse.Namespace, role: Role | None = None, bits: i
         credentials = load_credentials(args.ring_cert, args.ring_key, args.ring_ca, IdSpace(bits))
     except CertificateError as exc:
         raise ValueError(f"{exc} (or run with --insecure for plaintext)") from None
-    if role is not None and credentials.identity.role is not role:
-        raise ValueError(f"{args.ring_cert} is a {credentials.identity.role.value} certificate; this needs a {role.value} one")
+    if roles and credentials.identity.role not in roles:
+        wanted = " or ".join(role.value for role in roles)
+        raise ValueError(f"{args.ring_cert} is a {credentials.identity.role.value} certificate; this needs a {wanted} certificate")
     return credentials
 
 
