@@ -235,7 +235,7 @@ class DiskBlockStore(BlockStore):
         if self._writer is None:
             self._writer = self._open_segment(self._segment)
         offset = self._size
-        os.write(self._writer, _HEADER.pack(_MAGIC, kind, key, len(data)) + data)
+        _write_all(self._writer, _HEADER.pack(_MAGIC, kind, key, len(data)), data)
         self._size += _HEADER.size + len(data)
         return offset + _HEADER.size
 
@@ -264,6 +264,15 @@ class DiskBlockStore(BlockStore):
         for fd in self._readers.values():
             os.close(fd)
         self._readers.clear()
+
+
+def _write_all(fd: int, header: bytes, data: bytes) -> None:
+    """Append a record with one writev (no copy of the block to prepend its header),
+    finishing a short write the way os.write would leave it."""
+    written = os.writev(fd, [header, data])
+    record = memoryview(header + data) if written < len(header) + len(data) else None
+    while record is not None and written < len(record):
+        written += os.write(fd, record[written:])
 
 
 _MAGIC = b"CDNB"

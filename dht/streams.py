@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import threading
 
 import trio
 
 _WANT_READ = (BlockingIOError, ssl.SSLWantReadError)
+_scratch = threading.local()  # receive buffers: see SocketChannel._receive_view
 _WANT_WRITE = (BlockingIOError, ssl.SSLWantWriteError)
 
 
@@ -92,34 +94,47 @@ class SocketChannel:
         if self._unyielded >= self.FAIRNESS:
             self._unyielded = 0
             await trio.lowlevel.checkpoint()
+        view = self._receive_view(max_bytes)
         while True:
             try:
-                data = self.sock.recv(max_bytes)
+                count = self.sock.recv_into(view)
             except _WANT_READ:
                 self._unyielded = 0
                 await trio.lowlevel.wait_readable(self.sock)
                 continue
             except OSError as exc:  # a reset, a TLS alert, a closed socket
                 raise trio.BrokenResourceError(str(exc)) from exc
-            if data and len(data) < max_bytes and self.tls:
-                data += self._decrypted_already(max_bytes - len(data))
-            return data
+            if count and count < max_bytes and self.tls:
+                count += self._decrypted_already(view[count:])
+            return bytes(view[:count])
 
-    def _decrypted_already(self, room: int) -> bytes:
-        """More TLS records that can be had without waiting (one recv gives one)."""
-        parts = []
-        while room > 0:
+    @staticmethod
+    def _receive_view(size: int) -> memoryview:
+        """A buffer of `size` bytes to receive into, shared by the thread's sockets
+        (it is filled and copied out with no await in between). Asking the socket
+        for a fresh bytes object of the full size, then shrinking it to what
+        arrived, costs a large allocation per call, and a TLS read returns one
+        16 KiB record."""
+        buffer: memoryview | None = getattr(_scratch, "buffer", None)
+        if buffer is None or len(buffer) < size:
+            buffer = _scratch.buffer = memoryview(bytearray(size))
+        return buffer[:size]
+
+    def _decrypted_already(self, room: memoryview) -> int:
+        """Fill `room` with TLS records that can be had without waiting (one read
+        gives one record); return how many bytes were added."""
+        added = 0
+        while added < len(room):
             try:
-                part = self.sock.recv(room)
+                count = self.sock.recv_into(room[added:])
             except (*_WANT_READ, ssl.SSLWantWriteError):
                 break
             except OSError:
                 break  # the next receive_some reports it
-            if not part:
+            if not count:
                 break
-            parts.append(part)
-            room -= len(part)
-        return b"".join(parts)
+            added += count
+        return added
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

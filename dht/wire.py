@@ -95,32 +95,45 @@ def encode_error(request_id: int | None, kind: str, message: str) -> bytes:
 
 
 class FrameDecoder:
-    """Incremental frame parser: `feed` bytes, then call `next_payload` until None."""
+    """Incremental frame parser: `feed` bytes, then call `next_payload` until None.
+
+    Consumed frames are skipped by an offset and the buffer compacted only once
+    it is drained or half consumed, so a read holding many frames costs one copy
+    of each payload, not a shift of everything after it."""
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buffer = bytearray()
+        self._start = 0  # where the unconsumed bytes begin
 
     def feed(self, data: bytes) -> None:
+        if self._start and self._start * 2 >= len(self._buffer):
+            del self._buffer[: self._start]
+            self._start = 0
         self._buffer += data
 
     @property
     def in_frame(self) -> bool:
         """True while a frame has started but not yet fully arrived."""
-        return bool(self._buffer)
+        return len(self._buffer) > self._start
 
     def next_payload(self) -> bytes | None:
         """The next complete frame's payload, or None when more bytes are needed."""
-        if len(self._buffer) < _LENGTH.size:
+        start = self._start
+        if len(self._buffer) - start < _LENGTH.size:
             return None
-        (length,) = _LENGTH.unpack_from(self._buffer)
+        (length,) = _LENGTH.unpack_from(self._buffer, start)
         if length > self.max_frame:
             raise FrameTooLarge(f"frame length {length} exceeds the cap of {self.max_frame}")
-        end = _LENGTH.size + length
+        end = start + _LENGTH.size + length
         if len(self._buffer) < end:
             return None
-        payload = bytes(self._buffer[_LENGTH.size : end])
-        del self._buffer[:end]
+        payload = bytes(memoryview(self._buffer)[start + _LENGTH.size : end])
+        if end == len(self._buffer):
+            self._buffer.clear()
+            self._start = 0
+        else:
+            self._start = end
         return payload
 
 
