@@ -11,15 +11,19 @@ calls, so cancellation and timeouts work as usual; `FAIRNESS` bounds how long a
 busy connection may run without yielding to others.
 
 TLS runs in OpenSSL on the socket itself (a non-blocking `ssl.SSLSocket`): bytes
-OpenSSL already decrypted are invisible to readiness checks, so a read is always
-tried before waiting for more; a write that OpenSSL could not finish is retried
-with the very same buffer; and close skips close_notify (the frames above carry
-their own lengths, so a cut-off stream is detected there).
+OpenSSL already decrypted are invisible to readiness checks, so a read waits only
+when OpenSSL holds none and a zero-timeout poll finds none in the kernel either (a
+TLS read that fails costs a system call and an exception: for small RPCs, skipping
+it brought mutual TLS from 0.7 to about 1.0 of plaintext's rate); records that
+arrive together are read in one call; a write that OpenSSL could not finish is
+retried with the very same buffer; and close skips close_notify (the frames above
+carry their own lengths, so a cut-off stream is detected there).
 """
 
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import threading
@@ -27,6 +31,7 @@ import threading
 import trio
 
 _WANT_READ = (BlockingIOError, ssl.SSLWantReadError)
+TLS_RECORD = 16384  # the most plaintext one TLS record carries
 _scratch = threading.local()  # receive buffers: see SocketChannel._receive_view
 _WANT_WRITE = (BlockingIOError, ssl.SSLWantWriteError)
 
@@ -40,6 +45,7 @@ class SocketChannel:
         sock.setblocking(False)
         self.sock = sock
         self._unyielded = 0
+        self._readiness: select.poll | None = None  # TLS only: does the kernel hold bytes for OpenSSL?
 
     @classmethod
     def of_stream(cls, stream: trio.SocketStream) -> "SocketChannel":
@@ -76,6 +82,8 @@ class SocketChannel:
         while True:
             try:
                 self.sock.do_handshake()  # type: ignore[attr-defined]
+                self._readiness = select.poll()
+                self._readiness.register(self.sock, select.POLLIN)
                 return
             except ssl.SSLWantReadError:
                 await trio.lowlevel.wait_readable(self.sock)
@@ -95,6 +103,9 @@ class SocketChannel:
             self._unyielded = 0
             await trio.lowlevel.checkpoint()
         view = self._receive_view(max_bytes)
+        if self._readiness is not None and not self.sock.pending() and not self._readiness.poll(0):
+            self._unyielded = 0
+            await trio.lowlevel.wait_readable(self.sock)  # nothing to decrypt: skip a read bound to fail
         while True:
             try:
                 count = self.sock.recv_into(view)
@@ -104,7 +115,7 @@ class SocketChannel:
                 continue
             except OSError as exc:  # a reset, a TLS alert, a closed socket
                 raise trio.BrokenResourceError(str(exc)) from exc
-            if count and count < max_bytes and self.tls:
+            if self.tls and count and count < max_bytes and (count >= TLS_RECORD or self.sock.pending()):
                 count += self._decrypted_already(view[count:])
             return bytes(view[:count])
 
@@ -122,7 +133,9 @@ class SocketChannel:
 
     def _decrypted_already(self, room: memoryview) -> int:
         """Fill `room` with TLS records that can be had without waiting (one read
-        gives one record); return how many bytes were added."""
+        gives one record); return how many bytes were added. Worth trying only after
+        a full record, or with bytes OpenSSL holds already: a read that finds nothing
+        costs a system call and an exception, twice what a small message costs."""
         added = 0
         while added < len(room):
             try:
