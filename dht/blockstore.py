@@ -270,9 +270,10 @@ def _write_all(fd: int, header: bytes, data: bytes) -> None:
     """Append a record with one writev (no copy of the block to prepend its header),
     finishing a short write the way os.write would leave it."""
     written = os.writev(fd, [header, data])
-    record = memoryview(header + data) if written < len(header) + len(data) else None
-    while record is not None and written < len(record):
-        written += os.write(fd, record[written:])
+    if written < len(header) + len(data):
+        record = memoryview(header + data)
+        while written < len(record):
+            written += os.write(fd, record[written:])
 
 
 _MAGIC = b"CDNB"

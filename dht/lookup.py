@@ -125,7 +125,7 @@ class StartingPoints:
 
     def __init__(self, space: IdSpace, entry: NodeRef, capacity: int = 1024) -> None:
         self.space, self.entry, self.capacity = space, entry, capacity
-        self._nodes: dict[int, NodeRef] = {entry.id: entry}
+        self._nodes: SortedDict = SortedDict({entry.id: entry})  # ID -> NodeRef
 
     def learn(self, nodes: list[NodeRef]) -> None:
         for node in nodes:
@@ -137,8 +137,11 @@ class StartingPoints:
             self._nodes.pop(node.id, None)
 
     def before(self, key: int) -> NodeRef:
-        """The known node closest before `key` (or at it)."""
-        return min(self._nodes.values(), key=lambda node: self.space.distance(node.id, key))
+        """The known node closest before `key` (or at it): the last ID at or below
+        the key, or the highest of all when none is (the circle wraps)."""
+        index = self._nodes.bisect_right(key) - 1
+        node: NodeRef = self._nodes.peekitem(index)[1]  # index -1 is the highest ID
+        return node
 
 
 @dataclass(frozen=True, slots=True)

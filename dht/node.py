@@ -351,7 +351,7 @@ class ChordNode:
         if node is None:
             return None
         try:
-            answer = await self.ask(node, "ping", lambda reply: messages.ping_reply(reply, self.space))
+            answer = await self._ping(node)
         except (TransportError, RemoteError):
             self.departed.probe_failed(node, trio.current_time())
             return None
@@ -476,9 +476,13 @@ class ChordNode:
 
     async def _answers_as(self, node: NodeRef) -> bool:
         try:
-            return await self.ask(node, "ping", lambda reply: messages.ping_reply(reply, self.space)) == node
+            return await self._ping(node) == node
         except (TransportError, RemoteError):
             return False
+
+    async def _ping(self, node: NodeRef) -> NodeRef:
+        """Who answers a ping at node's address (checked against node's ID)."""
+        return await self.ask(node, "ping", lambda reply: messages.ping_reply(reply, self.space))
 
     def info(self) -> NodeInfo:
         """What `info` reports: this node's view of the ring and its services' figures."""

@@ -115,8 +115,12 @@ def fill_level(store: dict[str, int]) -> str:
 
 
 def human_bytes(count: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count}{unit}" if unit == "B" else f"{count:.1f}{unit}"
-        count /= 1024  # type: ignore[assignment]
-    raise AssertionError("unreachable")
+    """"512B", "1.5KiB" … "2.0TiB"."""
+    if count < 1024:
+        return f"{count}B"
+    size = count / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}TiB"
