@@ -2,8 +2,9 @@
 
 Owns the reader's and writer's side of block storage. A put streams the file
 through a DagBuilder and stores each block on every node of its replica set (the
-owner and the next r−1 nodes, found by a lookup of the client's own), a bounded
-number of blocks at once; a block counts as stored only when enough of those
+owner and the next r−1 nodes, found by a lookup of the client's own, or by one
+of its lookups of the last WRITE_LOOKUP_AGE seconds whose answer covers the key),
+a bounded number of blocks at once; a block counts as stored only when enough of those
 nodes, each reached by its own authenticated link, acknowledge that they stored
 and verified it. A read fetches the root, then only the inner blocks and leaves
 that the byte range covers, a bounded number ahead, and hands the bytes to a sink
@@ -61,6 +62,7 @@ class PutFailed(ChordError):
 DEFAULT_REPLICAS = 3
 PUT_ROUNDS = 2  # a second lookup and fan-out for the copies the first one missed
 PUT_RETRY_DELAY = 0.5  # seconds before that second round: routing may settle meanwhile
+WRITE_LOOKUP_AGE = 1.0  # seconds a lookup answer places puts (reads trust it for ReplicaCache.ttl)
 
 
 class BadRange(ChordError, ValueError):
@@ -99,7 +101,7 @@ class DhtClient:
         self.replicas = replicas
         self.write_quorum = write_quorum
         self.known_members = known_members
-        self.read_cache = ReplicaCache()
+        self.lookups = ReplicaCache()
         self.window = window
         self.read_attempts = read_attempts
         self.stats = ClientStats()
@@ -173,6 +175,7 @@ class DhtClient:
             acknowledged = sum(node.id in stored for node in replica_set)
             if acknowledged >= needed:
                 return key
+            self.lookups.drop(position)  # the next round looks up afresh
         reasons = "; ".join(f"{address}: {why}" for address, why in failures.items())
         raise PutFailed(f"block {key.hex()[:16]}…: only {acknowledged} of {needed} copies acknowledged" + (f" ({reasons})" if reasons else ""))
 
@@ -182,7 +185,12 @@ class DhtClient:
         fewer than r nodes: the entry node must know of no node outside the set;
         otherwise PutFailed, so that a lookup cut short (by a liar, or successor
         lists still filling up) never lowers the number of copies."""
-        nodes = in_ring_order(self.space, position, (await self.locate(position)).successors)[: self.replicas]
+        successors = self.lookups.replicas(position, trio.current_time(), WRITE_LOOKUP_AGE)
+        if successors is None:
+            result = await self.locate(position)
+            self.lookups.remember(result, trio.current_time())
+            successors = result.successors
+        nodes = in_ring_order(self.space, position, successors)[: self.replicas]
         if len(nodes) < self.replicas:
             known = await self.known_members() if self.known_members else {-1}
             if not known <= {node.id for node in nodes}:
@@ -209,14 +217,14 @@ class DhtClient:
         replicas from a recent lookup covering the key when there is one (a block is
         verified by its hash, so a stale answer can only miss), else a fresh lookup."""
         position = self.space.position(key)
-        cached = self.read_cache.replicas(position, trio.current_time())
+        cached = self.lookups.replicas(position, trio.current_time())
         if cached is not None:
             data = await self._first_intact(key, cached)
             if data is not None:
                 return data
-            self.read_cache.drop(position)
+            self.lookups.drop(position)
         result = await self.locate(position)
-        self.read_cache.remember(result, trio.current_time())
+        self.lookups.remember(result, trio.current_time())
         data = await self._first_intact(key, result.successors)
         if data is None:
             raise BlockNotFound(f"block {key.hex()} was not found on {min(len(result.successors), self.read_attempts)} replicas")

@@ -147,12 +147,16 @@ class StartingPoints:
 @dataclass(frozen=True, slots=True)
 class _Cached:
     result: LookupResult
-    expires: float
+    at: float  # when the lookup answered
 
 
 class ReplicaCache:
-    """Recent lookup answers, for reads only: an answer naming owner O after hop H
-    holds for every key in (H, O] for `ttl` seconds. Pure: the caller passes the time."""
+    """Recent lookup answers: an answer naming owner O after hop H holds for every
+    key in (H, O]. Reads trust it for `ttl` seconds (a block is checked by its
+    hash, so a stale answer can only miss); writes pass a shorter `max_age`, so a
+    put lands where a lookup of the same moment would put it, give or take a
+    join of that last instant, which repair then covers as for any earlier put.
+    Pure: the caller passes the time."""
 
     def __init__(self, ttl: float = 5.0, capacity: int = 1024) -> None:
         self.ttl, self.capacity = ttl, capacity
@@ -163,12 +167,13 @@ class ReplicaCache:
             return
         if len(self._by_owner) >= self.capacity and result.owner.id not in self._by_owner:
             self._by_owner.popitem(0)
-        self._by_owner[result.owner.id] = _Cached(result, now + self.ttl)
+        self._by_owner[result.owner.id] = _Cached(result, now)
 
-    def replicas(self, key: int, now: float) -> list[NodeRef] | None:
-        """The cached owner and successors for `key`, if a fresh answer covers it."""
+    def replicas(self, key: int, now: float, max_age: float | None = None) -> list[NodeRef] | None:
+        """The cached owner and successors for `key`, if an answer no older than
+        `max_age` (by default the ttl) covers it."""
         cached = self._covering(key)
-        if cached is None or cached.expires < now:
+        if cached is None or now - cached.at > (self.ttl if max_age is None else max_age):
             return None
         return cached.result.successors
 

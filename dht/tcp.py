@@ -23,7 +23,7 @@ import inspect
 import logging
 import math
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, AsyncIterator, Awaitable, Sequence
 
 import trio
 
@@ -40,7 +40,7 @@ from .errors import (
     TransportError,
 )
 from .identity import UNAUTHENTICATED, PeerIdentity, Role
-from .streams import SocketChannel
+from .streams import Buffer, SendQueue, SocketChannel
 from .tls import TlsCredentials, handshake_failure
 from .transport import Handler, remote_error_of
 from .wire import (
@@ -48,8 +48,7 @@ from .wire import (
     FrameDecoder,
     Request,
     encode_error,
-    encode_reply,
-    encode_request,
+    frame_parts,
     parse_reply,
     parse_request,
     request_id_of,
@@ -58,6 +57,7 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 RECEIVE_SIZE = 256 * 1024
+FIRST_READ = 64 * 1024  # read at a frame boundary: many small frames, or enough of a large one to receive the rest in place
 MAX_HANDLERS_PER_CONNECTION = 128
 MAX_CONNECTIONS = 4096
 UNACKED_LIMIT = 15.0  # seconds sent data may stay unacknowledged before the kernel gives up on a link
@@ -105,7 +105,7 @@ class _ClientConnection:
         self.max_frame = max_frame
         self.peer = peer
         self.pending: dict[int, _PendingCall] = {}
-        self.outbox = bytearray()
+        self.outbox = SendQueue()
         self.sending = False
         self.active = 0  # calls between entering _call and getting their answer
         self.last_received = trio.current_time()
@@ -123,11 +123,9 @@ class _ClientConnection:
             while True:
                 payload = decoder.next_payload()
                 if payload is None:
-                    data = await self.stream.receive_some(RECEIVE_SIZE)
-                    if not data:
+                    if not await receive_frames(self.stream, decoder):
                         break
                     self.last_received = trio.current_time()
-                    decoder.feed(data)
                     continue
                 reply = parse_reply(payload)
                 waiter = self.pending.pop(reply.request_id, None)
@@ -207,7 +205,7 @@ class TcpTransport:
         if node_id is not None and connection.peer.authenticated and connection.peer.node_id != node_id:
             raise IdentityMismatch(f"{address} is {connection.peer}, whose certificate gives another ID than the one asked for")
         request_id = connection.new_id()
-        frame = encode_request(request_id, method, args, self.max_frame)
+        frame = frame_parts([request_id, method, args], self.max_frame)
         waiter = _PendingCall()
         connection.pending[request_id] = waiter
         connection.active += 1
@@ -230,14 +228,14 @@ class TcpTransport:
             raise RemoteError(*reply.result)
         return reply.result
 
-    async def _send(self, connection: _ClientConnection, frame: bytes) -> None:
+    async def _send(self, connection: _ClientConnection, frame: tuple[bytes, bytes]) -> None:
         """Queue a frame; the caller that finds no send under way sends everything
         queued, so concurrent calls share syscalls (and TLS records). When other
         calls are under way it first yields once, letting them queue theirs; a
         lone call pays no extra task switch."""
         if connection.closed:
             raise PeerUnreachable(f"connection to {connection.address} closed")
-        connection.outbox += frame
+        connection.outbox.add(*frame)
         if connection.sending:
             return  # the caller sending now carries this frame too
         connection.sending = True
@@ -245,8 +243,7 @@ class TcpTransport:
             if connection.active > 1:
                 await trio.lowlevel.cancel_shielded_checkpoint()
             while connection.outbox:
-                data, connection.outbox = bytes(connection.outbox), bytearray()
-                await connection.stream.send_all(data)
+                await connection.stream.send_many(connection.outbox.take())
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._drop(connection)
             raise PeerUnreachable(f"send to {connection.address} failed: {exc}") from None
@@ -387,7 +384,7 @@ class _ServerConnection:
         self.caller = caller
         self.send_lock = trio.Lock()
         self.limiter = trio.CapacityLimiter(MAX_HANDLERS_PER_CONNECTION)
-        self.outbox = bytearray()
+        self.outbox = SendQueue()
 
     async def serve(self, frame_timeout: float, idle_timeout: float) -> None:
         """Read and answer requests until the peer hangs up, stalls mid-frame for
@@ -399,7 +396,7 @@ class _ServerConnection:
                 try:
                     payload = decoder.next_payload()
                 except FrameTooLarge as exc:
-                    self.outbox += encode_error(None, "FrameTooLarge", str(exc))
+                    self.outbox.add(encode_error(None, "FrameTooLarge", str(exc)))
                     await self.flush()
                     return
                 if payload is None:
@@ -408,10 +405,8 @@ class _ServerConnection:
                         frame_deadline = trio.current_time() + frame_timeout
                     idle_deadline = trio.current_time() + idle_timeout
                     with trio.fail_at(min(frame_deadline, idle_deadline)):
-                        data = await self.stream.receive_some(RECEIVE_SIZE)
-                    if not data:
-                        return
-                    decoder.feed(data)
+                        if not await receive_frames(self.stream, decoder):
+                            return
                     continue
                 frame_deadline = math.inf
                 await self.dispatch(payload)
@@ -424,22 +419,22 @@ class _ServerConnection:
         try:
             request = parse_request(payload)
         except ProtocolError as exc:
-            self.outbox += encode_error(request_id_of(payload), "ProtocolError", str(exc))
+            self.outbox.add(encode_error(request_id_of(payload), "ProtocolError", str(exc)))
             return
         try:
             if self.handler is None:
                 raise RemoteError("Unavailable", "this endpoint serves no calls")
             result = self.handler(self.caller, request.method, request.args)
         except Exception as exc:  # reported to the caller, never fatal to the node
-            self.outbox += self.error_frame(request, exc)
+            self.outbox.add(self.error_frame(request, exc))
             return
         if inspect.isawaitable(result):
             slot = object()
             await self.limiter.acquire_on_behalf_of(slot)
             self.handlers.start_soon(self.finish, request, result, slot)
         else:
-            self.outbox += self.reply_frame(request, result)
-        if len(self.outbox) >= RECEIVE_SIZE:
+            self.outbox.add(*self.reply_frame(request, result))
+        if self.outbox.size >= RECEIVE_SIZE:
             await self.flush()
 
     async def finish(self, request: Request, pending: Awaitable[Any], slot: object) -> None:
@@ -447,16 +442,16 @@ class _ServerConnection:
             try:
                 frame = self.reply_frame(request, await pending)
             except Exception as exc:  # reported to the caller, never fatal to the node
-                frame = self.error_frame(request, exc)
+                frame = (self.error_frame(request, exc),)
             await self.send(frame)
         finally:
             self.limiter.release_on_behalf_of(slot)
 
-    def reply_frame(self, request: Request, result: Any) -> bytes:
+    def reply_frame(self, request: Request, result: Any) -> tuple[bytes, ...]:
         try:
-            return encode_reply(request.request_id, True, result, self.max_frame)
+            return frame_parts([request.request_id, True, result], self.max_frame)
         except (FrameTooLarge, TypeError) as exc:
-            return self.error_frame(request, exc)
+            return (self.error_frame(request, exc),)
 
     def error_frame(self, request: Request, exc: Exception) -> bytes:
         if not isinstance(exc, ChordError):  # a bug: the caller hears of it, the log shows where
@@ -465,15 +460,30 @@ class _ServerConnection:
 
     async def flush(self) -> None:
         if self.outbox:
-            frames, self.outbox = bytes(self.outbox), bytearray()
-            await self.send(frames)
+            await self.send(self.outbox.take())
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, buffers: Sequence[Buffer]) -> None:
         try:
             async with self.send_lock:
-                await self.stream.send_all(data)
+                await self.stream.send_many(buffers)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
+
+
+async def receive_frames(stream: SocketChannel, decoder: FrameDecoder) -> bool:
+    """Receive more of a stream of frames into `decoder`: the rest of a large
+    frame straight into its own buffer, anything else through `feed` (at a frame
+    boundary no more than FIRST_READ, so that a large frame's rest is left for
+    its own buffer). False at the end of the stream."""
+    stream.expect(decoder.missing())
+    room = decoder.room()
+    if room is not None:
+        count = await stream.receive_into(room)
+        decoder.received(count)
+        return count > 0
+    data = await stream.receive_some(max(RECEIVE_SIZE, decoder.missing()) if decoder.in_frame else FIRST_READ)
+    decoder.feed(data)
+    return bool(data)
 
 
 @asynccontextmanager

@@ -23,6 +23,7 @@ from .errors import FrameTooLarge, ProtocolError, describe
 MAX_BLOCK = 1 << 20
 MAX_FRAME = MAX_BLOCK + 64 * 1024
 _LENGTH = struct.Struct(">I")
+DIRECT_FRAME = 64 * 1024  # frames at least this long may be received in place (FrameDecoder.room)
 _BIGINT_EXT = 1
 MAX_BIGINT_BYTES = 40  # room for a 256-bit ID and its sign; nothing on the wire is wider
 MAX_ERROR_MESSAGE = 1000  # characters of an error reply's message
@@ -65,7 +66,7 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, default=_pack_default, use_bin_type=True)
 
 
-def unpack(data: bytes) -> Any:
+def unpack(data: bytes | bytearray) -> Any:
     """Decode one msgpack value; raise ProtocolError on anything malformed."""
     try:
         return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False)
@@ -75,11 +76,17 @@ def unpack(data: bytes) -> Any:
         raise ProtocolError(f"malformed msgpack payload: {exc or type(exc).__name__}") from None
 
 
-def encode_frame(message: Any, max_frame: int = MAX_FRAME) -> bytes:
+def frame_parts(message: Any, max_frame: int = MAX_FRAME) -> tuple[bytes, bytes]:
+    """A frame as its length prefix and its payload, so that a large payload can
+    go to the socket without being copied behind its prefix."""
     payload = pack(message)
     if len(payload) > max_frame:
         raise FrameTooLarge(f"frame of {len(payload)} bytes exceeds the cap of {max_frame}")
-    return _LENGTH.pack(len(payload)) + payload
+    return _LENGTH.pack(len(payload)), payload
+
+
+def encode_frame(message: Any, max_frame: int = MAX_FRAME) -> bytes:
+    return b"".join(frame_parts(message, max_frame))
 
 
 def encode_request(request_id: int, method: str, args: list[Any], max_frame: int = MAX_FRAME) -> bytes:
@@ -99,26 +106,76 @@ class FrameDecoder:
 
     Consumed frames are skipped by an offset and the buffer compacted only once
     it is drained or half consumed, so a read holding many frames costs one copy
-    of each payload, not a shift of everything after it."""
+    of each payload, not a shift of everything after it. The rest of a large
+    frame can be received in place instead (`room`, then `received`): into a
+    buffer of the frame's own size, which becomes the payload with no copy. Such
+    a buffer is made only once an eighth of the frame is in, so a peer that sends
+    a length and stalls cannot make the decoder hold much more than it sent."""
 
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buffer = bytearray()
         self._start = 0  # where the unconsumed bytes begin
+        self._frame: bytearray | None = None  # a large frame's payload being received in place
+        self._filled = 0  # how much of it has arrived
 
     def feed(self, data: bytes) -> None:
+        if self._frame is not None:  # the frame being received in place comes first
+            take = min(len(data), len(self._frame) - self._filled)
+            self._frame[self._filled : self._filled + take] = data[:take]
+            self._filled += take
+            data = data[take:]
+            if not data:
+                return
         if self._start and self._start * 2 >= len(self._buffer):
             del self._buffer[: self._start]
             self._start = 0
         self._buffer += data
 
+    def room(self) -> memoryview | None:
+        """Where the rest of the large frame in progress can be received in place;
+        None when the next bytes should be fed as usual."""
+        if self._frame is None:
+            buffered = len(self._buffer) - self._start
+            if buffered < _LENGTH.size:
+                return None
+            (length,) = _LENGTH.unpack_from(self._buffer, self._start)
+            arrived = buffered - _LENGTH.size
+            if not DIRECT_FRAME <= length <= self.max_frame or arrived >= length or arrived * 8 < length:
+                return None
+            self._frame = bytearray(length)
+            self._frame[:arrived] = memoryview(self._buffer)[self._start + _LENGTH.size :]
+            self._filled = arrived
+            self._buffer.clear()
+            self._start = 0
+        return memoryview(self._frame)[self._filled :]
+
+    def received(self, count: int) -> None:
+        """`count` more bytes were written into what `room` returned."""
+        self._filled += count
+
+    def missing(self) -> int:
+        """Bytes the frame in progress still needs (0 while no length has arrived)."""
+        if self._frame is not None:
+            return len(self._frame) - self._filled
+        buffered = len(self._buffer) - self._start
+        if buffered < _LENGTH.size:
+            return 0
+        (length,) = _LENGTH.unpack_from(self._buffer, self._start)
+        return max(0, _LENGTH.size + min(length, self.max_frame) - buffered)
+
     @property
     def in_frame(self) -> bool:
         """True while a frame has started but not yet fully arrived."""
-        return len(self._buffer) > self._start
+        return self._frame is not None or len(self._buffer) > self._start
 
-    def next_payload(self) -> bytes | None:
+    def next_payload(self) -> bytes | bytearray | None:
         """The next complete frame's payload, or None when more bytes are needed."""
+        if self._frame is not None:
+            if self._filled < len(self._frame):
+                return None
+            payload, self._frame = self._frame, None
+            return payload
         start = self._start
         if len(self._buffer) - start < _LENGTH.size:
             return None
@@ -141,7 +198,7 @@ def _is_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64
 
 
-def parse_request(payload: bytes) -> Request:
+def parse_request(payload: bytes | bytearray) -> Request:
     """Decode and validate a request frame's payload."""
     message = unpack(payload)
     if not isinstance(message, list) or len(message) != 3:
@@ -156,7 +213,7 @@ def parse_request(payload: bytes) -> Request:
     return Request(request_id, method, args)
 
 
-def parse_reply(payload: bytes) -> Reply:
+def parse_reply(payload: bytes | bytearray) -> Reply:
     """Decode and validate a reply frame's payload."""
     message = unpack(payload)
     if not isinstance(message, list) or len(message) != 3 or not isinstance(message[1], bool):
@@ -169,7 +226,7 @@ def parse_reply(payload: bytes) -> Reply:
     return Reply(request_id, ok, result)
 
 
-def request_id_of(payload: bytes) -> int | None:
+def request_id_of(payload: bytes | bytearray) -> int | None:
     """Best-effort request ID of a payload that failed validation, for the error reply."""
     try:
         message = unpack(payload)

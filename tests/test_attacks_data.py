@@ -805,6 +805,9 @@ async def test_acknowledged_files_survive_sigkill_and_restart(tmp_path: Path) ->
             async with trio.open_nursery() as restarts:
                 for index in victims:
                     restarts.start_soon(restart, index)
+        with trio.move_on_after(60):  # on a loaded machine few puts fit between the kills: let a few more finish
+            while sum(attempt.returncode == 0 for attempt in attempts) < 3:
+                await trio.sleep(0.1)
         stop.set()
         with trio.fail_after(40):  # the put under way finishes
             while nursery.child_tasks:

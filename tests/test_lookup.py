@@ -63,3 +63,13 @@ def test_a_cached_answer_covers_its_arc_until_it_expires_or_is_dropped() -> None
     wrapped = LookupResult(250, ref(5), [ref(5), ref(20)], arc_start=200)  # across zero
     cache.remember(wrapped, now=0.0)
     assert cache.replicas(250, now=1.0) == [ref(5), ref(20)] and cache.replicas(3, now=1.0) == [ref(5), ref(20)]
+
+
+def test_writes_trust_a_cached_answer_for_a_shorter_age_than_reads() -> None:
+    from dht.messages import LookupResult
+
+    cache = ReplicaCache(ttl=5.0)
+    cache.remember(LookupResult(30, ref(50), [ref(50), ref(90)], arc_start=10), now=0.0)
+    assert cache.replicas(30, now=0.9, max_age=1.0) == [ref(50), ref(90)]
+    assert cache.replicas(30, now=1.5, max_age=1.0) is None  # too old to place a put
+    assert cache.replicas(30, now=1.5) == [ref(50), ref(90)]  # still fine for a read

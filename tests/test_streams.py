@@ -19,8 +19,16 @@ from .processes import pki
 pytestmark = pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 
 
-async def channel_pair(tls: bool) -> tuple[SocketChannel, SocketChannel]:
-    left, right = socket.socketpair()
+def tcp_socket_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a loopback TCP connection (a Unix socket pair ignores SO_RCVLOWAT in poll)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        left = socket.create_connection(listener.getsockname())
+        right, _ = listener.accept()
+    return left, right
+
+
+async def channel_pair(tls: bool, tcp: bool = False) -> tuple[SocketChannel, SocketChannel]:
+    left, right = tcp_socket_pair() if tcp else socket.socketpair()
     a, b = SocketChannel(left), SocketChannel(right)
     if tls:
         server = pki().credentials("streams-server", Role.NODE)
@@ -109,4 +117,58 @@ async def test_the_end_of_the_stream_reads_as_empty_or_broken(tls: bool) -> None
             assert await b.receive_some(100) == b""
         except trio.BrokenResourceError:
             assert tls
+    await b.aclose()
+
+
+async def test_buffers_sent_together_arrive_as_one_stream_in_order(tls: bool) -> None:
+    a, b = await channel_pair(tls)
+    buffers = [b"head", os.urandom(200_000), b"", b"mid" * 10, bytearray(os.urandom(70_000)), memoryview(b"tail")]
+    expected = b"".join(bytes(buffer) for buffer in buffers)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.send_many, buffers)
+            got = b"".join([data async for data in received(b, len(expected))])
+    assert got == expected
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_receive_into_fills_the_callers_buffer(tls: bool) -> None:
+    a, b = await channel_pair(tls)
+    message = os.urandom(150_000)
+    target = bytearray(len(message))
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(a.send_all, message)
+            filled = 0
+            while filled < len(target):
+                count = await b.receive_into(memoryview(target)[filled:])
+                assert count > 0
+                filled += count
+    assert target == message
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_a_reader_that_expects_a_long_message_wakes_once_most_of_it_is_in(tls: bool) -> None:
+    """With `expect`, a wait lasts until the kernel holds most of the message
+    (TLS: all but about one record), not until its first piece arrives."""
+    a, b = await channel_pair(tls, tcp=True)
+    message = os.urandom(200_000)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+
+            async def send_in_pieces() -> None:
+                for start in range(0, len(message), 50_000):
+                    await trio.sleep(0.02)
+                    await a.send_all(message[start : start + 50_000])
+
+            nursery.start_soon(send_in_pieces)
+            b.expect(len(message))
+            first = await b.receive_some(len(message))
+            assert len(first) >= len(message) - TLS_RECORD - 1024
+            b.expect(len(message) - len(first))  # the rest: below the mark's minimum, any byte wakes
+            rest = b"".join([data async for data in received(b, len(message) - len(first))])
+    assert first + rest == message
+    await a.aclose()
     await b.aclose()

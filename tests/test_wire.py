@@ -14,6 +14,7 @@ import pytest
 
 from dht.errors import FrameTooLarge, ProtocolError
 from dht.wire import (
+    DIRECT_FRAME,
     MAX_FRAME,
     FrameDecoder,
     Reply,
@@ -22,6 +23,7 @@ from dht.wire import (
     encode_frame,
     encode_reply,
     encode_request,
+    frame_parts,
     pack,
     parse_reply,
     parse_request,
@@ -142,6 +144,72 @@ def test_in_frame_states() -> None:
     decoder.feed(frame[-1:])
     assert decoder.next_payload() == frame[4:]
     assert not decoder.in_frame  # consumed
+
+
+def test_frame_parts_are_the_prefix_and_the_payload() -> None:
+    prefix, payload = frame_parts([1, "ping", [b"x" * 100]])
+    assert payload == pack([1, "ping", [b"x" * 100]])
+    assert prefix == struct.pack(">I", len(payload))
+    assert prefix + payload == encode_frame([1, "ping", [b"x" * 100]])
+    with pytest.raises(FrameTooLarge):
+        frame_parts(b"x" * 100, max_frame=50)
+
+
+def big_frame_then_small() -> tuple[bytes, bytes, bytes]:
+    """A frame long enough to be received in place, a small one after it, and the payload of the first."""
+    payload = pack([7, "put_block", [b"k" * 32, bytes(range(256)) * 1024]])
+    assert len(payload) >= DIRECT_FRAME
+    return encode_frame(msgpack.unpackb(payload)), encode_frame([8, "ping", []]), payload
+
+
+def test_a_small_frame_is_never_received_in_place() -> None:
+    decoder = FrameDecoder()
+    frame = encode_frame([1, "ping", [b"x" * 1000]])
+    decoder.feed(frame[:600])
+    assert decoder.room() is None
+    assert decoder.missing() == len(frame) - 600
+
+
+def test_a_large_frame_is_received_in_place_once_an_eighth_is_in() -> None:
+    big, small, payload = big_frame_then_small()
+    decoder = FrameDecoder()
+    decoder.feed(big[:100])
+    assert decoder.room() is None  # too little of it yet: no buffer of the full size for a bare length
+    decoder.feed(big[100 : len(big) // 4])
+    room = decoder.room()
+    assert room is not None and len(room) == len(big) - len(big) // 4 == decoder.missing()
+    assert decoder.in_frame and decoder.next_payload() is None
+    room[:1000] = big[len(big) // 4 : len(big) // 4 + 1000]
+    decoder.received(1000)
+    assert decoder.missing() == len(room) - 1000
+    rest = decoder.room()
+    assert rest is not None and len(rest) == len(room) - 1000
+    rest[:] = big[len(big) // 4 + 1000 :]
+    decoder.received(len(rest))
+    assert decoder.missing() == 0
+    assert decoder.next_payload() == payload
+    assert not decoder.in_frame and decoder.room() is None
+    decoder.feed(small)
+    assert decoder.next_payload() == small[4:]
+
+
+def test_feeding_a_frame_received_in_place_fills_it_and_keeps_what_follows() -> None:
+    big, small, payload = big_frame_then_small()
+    decoder = FrameDecoder()
+    decoder.feed(big[: len(big) // 2])
+    assert decoder.room() is not None
+    decoder.feed(big[len(big) // 2 :] + small)  # the rest, and the next frame, through feed after all
+    assert decoder.next_payload() == payload
+    assert decoder.next_payload() == small[4:]
+    assert decoder.next_payload() is None
+
+
+def test_an_oversize_length_is_never_given_room() -> None:
+    decoder = FrameDecoder(max_frame=DIRECT_FRAME)
+    decoder.feed(struct.pack(">I", DIRECT_FRAME + 1) + b"x" * DIRECT_FRAME)
+    assert decoder.room() is None
+    with pytest.raises(FrameTooLarge):
+        decoder.next_payload()
 
 
 def test_oversize_prefix_raises_before_body() -> None:
