@@ -10,6 +10,7 @@ examples in the suite; `python3 dev.py fuzz` runs the nightly profile.
 from __future__ import annotations
 
 import random
+import struct
 from typing import Any, Callable
 
 import pytest
@@ -27,7 +28,7 @@ from dht.routing import NodeRef
 from dht.simnet import SimNetwork
 from dht.storage import BlockService
 from dht.transport import remote_error_of
-from dht.wire import FrameDecoder, encode_frame, pack, parse_reply, parse_request, request_id_of, unpack
+from dht.wire import DIRECT_FRAME, FrameDecoder, encode_frame, pack, parse_reply, parse_request, request_id_of, unpack
 
 from .fuzzkit import NESTING, arguments_ish, node_refs_ish, ref_lists_ish, wire_values
 
@@ -54,6 +55,33 @@ def test_frame_decoder_takes_any_bytes_in_any_split(data: bytes, cuts: list[int]
                         pass
     except ProtocolError:
         pass  # FrameTooLarge: the connection would close
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=3 * DIRECT_FRAME), min_size=1, max_size=4),
+    st.lists(st.tuples(st.booleans(), st.integers(min_value=1, max_value=DIRECT_FRAME)), max_size=40),
+)
+def test_receiving_in_place_or_by_feed_gives_the_same_payloads(sizes: list[int], steps: list[tuple[bool, int]]) -> None:
+    """Whatever mix of `feed` and `room`/`received` delivers the stream, and in
+    whatever pieces, the payloads come out whole, in order, and nothing else."""
+    payloads = [bytes([index]) * size for index, size in enumerate(sizes)]
+    stream = b"".join(struct.pack(">I", len(payload)) + payload for payload in payloads)
+    decoder, offset, got = FrameDecoder(), 0, []
+    for in_place, size in [*steps, *[(False, len(stream))] * 2]:
+        room = decoder.room() if in_place else None
+        if room is not None:
+            piece = stream[offset : offset + min(size, len(room))]
+            room[: len(piece)] = piece
+            decoder.received(len(piece))
+        else:
+            piece = stream[offset : offset + size]
+            decoder.feed(piece)
+        offset += len(piece)
+        while (payload := decoder.next_payload()) is not None:
+            got.append(bytes(payload))
+    assert offset == len(stream)
+    assert got == payloads
+    assert not decoder.in_frame
 
 
 @given(st.one_of(wire_values, NESTING))
