@@ -82,7 +82,6 @@ class SendQueue:
             self._tail = bytearray()
 
 
-
 class SocketChannel:
     """One connected non-blocking socket, plain or TLS."""
 
