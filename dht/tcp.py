@@ -475,13 +475,14 @@ async def receive_frames(stream: SocketChannel, decoder: FrameDecoder) -> bool:
     frame straight into its own buffer, anything else through `feed` (at a frame
     boundary no more than FIRST_READ, so that a large frame's rest is left for
     its own buffer). False at the end of the stream."""
-    stream.expect(decoder.missing())
+    missing = decoder.missing()
+    stream.expect(missing)
     room = decoder.room()
     if room is not None:
         count = await stream.receive_into(room)
         decoder.received(count)
         return count > 0
-    data = await stream.receive_some(max(RECEIVE_SIZE, decoder.missing()) if decoder.in_frame else FIRST_READ)
+    data = await stream.receive_some(max(RECEIVE_SIZE, missing) if decoder.in_frame else FIRST_READ)
     decoder.feed(data)
     return bool(data)
 
