@@ -70,7 +70,7 @@ def main() -> None:
         os.execv(BIN / "chordcdn", [str(BIN / "chordcdn"), "demo", *rest])
     if command == "fuzz":
         os.environ["CHORDCDN_FUZZ_PROFILE"] = "nightly"
-        os.execv(PYTHON, [str(PYTHON), "-m", "pytest", "tests/test_fuzz_wire.py", *rest])
+        os.execv(PYTHON, [str(PYTHON), "-m", "pytest", "tests/test_fuzz_wire.py", "tests/test_fuzz_edge.py", *rest])
     ensure_debian_packages(TEST_COMMANDS)
     os.execv(PYTHON, [str(PYTHON), "-m", "pytest", *rest])
 

@@ -35,7 +35,9 @@ from .merkle import (
     check_leaf,
     child_spans,
     decode_node,
+    Span,
     parse_cid,
+    verify_block,
 )
 from .messages import LookupResult
 from .node import ChordNode, remote_step
@@ -49,6 +51,7 @@ KnownMembers = Callable[[], Awaitable[set[int]]]  # IDs of the entry node and th
 Call = Callable[..., Awaitable[Any]]
 Sink = Callable[[bytes], Awaitable[None]]
 Progress = Callable[[int], None]
+LeafSource = Callable[[int, int], Awaitable[bytes]]  # (offset in the file, size) → the leaf's bytes, from elsewhere
 
 
 class BlockNotFound(ChordError):
@@ -116,12 +119,16 @@ class DhtClient:
         return cls(node.call, node.lookup, node.space, known_members=known_members, **options)
 
     @classmethod
-    async def via(cls, transport: Transport, address: str, timeout: float = 10.0, **options: Any) -> "DhtClient":
+    async def via(
+        cls, transport: Transport, address: str, timeout: float = 10.0, *, info: messages.NodeInfo | None = None, **options: Any
+    ) -> "DhtClient":
         """A client outside the ring. It enters the ring at the node at `address`
         and drives every lookup itself, one step per node, so that no single node's
         word decides where a block goes; each node is called with the ID its
-        certificate must prove. The replica count is the entry node's."""
-        info = messages.NodeInfo.from_wire(await transport.call(address, "info", [], timeout=timeout))
+        certificate must prove. The replica count is the entry node's. `info` is
+        the entry node's own answer to `info`, when the caller already asked it."""
+        if info is None:
+            info = messages.NodeInfo.from_wire(await transport.call(address, "info", [], timeout=timeout))
         space, entry = IdSpace(info.bits), info.me
         step_timeout = min(timeout, 2.0)
 
@@ -286,9 +293,11 @@ class DhtClient:
         """The root of a file: its size and chunk size."""
         return decode_node(await self.get_block(parse_cid(cid)))
 
-    async def read(self, cid: str, sink: Sink, start: int = 0, end: int | None = None) -> int:
+    async def read(self, cid: str, sink: Sink, start: int = 0, end: int | None = None, fallback: LeafSource | None = None) -> int:
         """Send bytes [start, end) of the file (all of it by default) to sink, in
-        order; return how many were sent."""
+        order; return how many were sent. A leaf that no replica returns intact is
+        asked of `fallback` (its offset in the file and its size), when one is
+        given, and used only if it hashes to the leaf's key."""
         root = await self.stat(cid)
         end = root.size if end is None else end
         if not 0 <= start <= end <= root.size:
@@ -297,7 +306,7 @@ class DhtClient:
         failures: list[ChordError] = []
         sent = 0
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._fetch_leaves, root, start, end, send, nursery)
+            nursery.start_soon(self._fetch_leaves, root, start, end, send, nursery, fallback)
             async with receive:
                 async for pending in receive:
                     await pending.done.wait()
@@ -312,35 +321,46 @@ class DhtClient:
         return sent
 
     async def _fetch_leaves(
-        self, root: DagNode, start: int, end: int, send: trio.MemorySendChannel["_Pending"], nursery: trio.Nursery
+        self, root: DagNode, start: int, end: int, send: trio.MemorySendChannel["_Pending"], nursery: trio.Nursery, fallback: LeafSource | None
     ) -> None:
         """Walk the DAG over [start, end), starting a fetch for each leaf it needs
         and queueing it in order; the channel's capacity bounds how far ahead."""
         async with send:
             try:
-                await self._walk(root, start, end, send, nursery)
+                await self._walk(root, 0, start, end, send, nursery, fallback)
             except ChordError as exc:
                 failed = _Pending()
                 failed.fail(exc)
                 await send.send(failed)
 
-    async def _walk(self, node: DagNode, start: int, end: int, send: trio.MemorySendChannel["_Pending"], nursery: trio.Nursery) -> None:
+    async def _walk(
+        self, node: DagNode, base: int, start: int, end: int, send: trio.MemorySendChannel["_Pending"], nursery: trio.Nursery,
+        fallback: LeafSource | None,
+    ) -> None:
         for span in child_spans(node, start, end):
+            offset = base + span.offset
             if node.height > 1:
                 child = decode_node(await self.get_block(span.child.hash), span.child.size, node.height - 1)
-                await self._walk(child, span.start, span.end, send, nursery)
+                await self._walk(child, offset, span.start, span.end, send, nursery, fallback)
                 continue
             pending = _Pending()
-            nursery.start_soon(self._fetch_leaf, span.child.hash, span.child.size, span.start, span.end, pending)
+            nursery.start_soon(self._fetch_leaf, span, offset, pending, fallback)
             await send.send(pending)
 
-    async def _fetch_leaf(self, key: bytes, size: int, start: int, end: int, pending: "_Pending") -> None:
+    async def _fetch_leaf(self, span: Span, offset: int, pending: "_Pending", fallback: LeafSource | None) -> None:
+        key, size = span.child.hash, span.child.size
         try:
-            data = check_leaf(await self.get_block(key), size)
+            try:
+                data = check_leaf(await self.get_block(key), size)
+            except ChordError as exc:
+                if fallback is None:
+                    raise
+                log.info("leaf %s… at offset %d: %s; asking the fallback", key.hex()[:16], offset, exc)
+                data = check_leaf(verify_block(key, await fallback(offset, size)), size)
         except ChordError as exc:
             pending.fail(exc)
             return
-        pending.finish(data[start:end] if (start, end) != (0, size) else data)
+        pending.finish(data[span.start : span.end] if (span.start, span.end) != (0, size) else data)
 
 
 class _Pending:

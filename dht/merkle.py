@@ -139,11 +139,13 @@ def check_leaf(data: bytes, claimed: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    """The part [start, end) of one child that a range read needs."""
+    """The part [start, end) of one child that a range read needs; the child
+    starts `offset` bytes into its parent."""
 
     child: Child
     start: int
     end: int
+    offset: int = 0
 
 
 def child_spans(node: DagNode, start: int, end: int) -> list[Span]:
@@ -156,7 +158,7 @@ def child_spans(node: DagNode, start: int, end: int) -> list[Span]:
     for child in node.children:
         child_end = offset + child.size
         if child_end > start and offset < end:
-            spans.append(Span(child, max(start, offset) - offset, min(end, child_end) - offset))
+            spans.append(Span(child, max(start, offset) - offset, min(end, child_end) - offset, offset))
         if child_end >= end:
             break
         offset = child_end

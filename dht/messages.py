@@ -31,8 +31,9 @@ EVERYONE = frozenset(Role)
 WRITERS = frozenset({Role.NODE, Role.CLIENT})
 NODES = frozenset({Role.NODE})
 
-# Who may call what. Readers (edges) route and get; clients also put; only ring
-# nodes may change routing state or move copies between nodes.
+# Who may call what. Readers (edges) route and get; clients also put, and challenge
+# holders for proofs of possession (an origin auditing what it published); only
+# ring nodes may change routing state or move copies between nodes.
 ALLOWED: dict[str, frozenset[Role]] = {
     "ping": EVERYONE,
     "info": EVERYONE,
@@ -44,7 +45,7 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "consider_successor": NODES,
     "successor_leaving": NODES,
     "predecessor_leaving": NODES,
-    "prove_blocks": NODES,
+    "prove_blocks": WRITERS,
     "digests": NODES,
     "list_keys": NODES,
 }

@@ -26,9 +26,12 @@ without it reads as ended. One task sends at a time, as with any stream.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import select
 import socket
 import ssl
+import struct
+import termios
 import threading
 from typing import Sequence
 
@@ -92,6 +95,7 @@ class SocketChannel:
         self.sock = sock
         self._unyielded = 0
         self._low_water = 1
+        self.bytes_sent = 0  # to the kernel, for progress-based send deadlines
         self._tls: ssl.SSLObject | None = None
         self._readiness: select.poll | None = None  # TLS: does the kernel hold bytes? (cheaper than a failing read)
         self._incoming = ssl.MemoryBIO()  # ciphertext from the peer, not yet decrypted
@@ -283,20 +287,34 @@ class SocketChannel:
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(str(exc)) from exc
+            self.bytes_sent += sent
             while sent:
                 if sent < len(views[0]):
                     views[0] = views[0][sent:]
                     break
                 sent -= len(views.pop(0))
 
+    def bytes_taken(self) -> int:
+        """Bytes the peer has acknowledged: those handed to the kernel less those it
+        still holds (what a send deadline should watch: a full send buffer drains
+        long before the kernel lets the next write in)."""
+        try:
+            held = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            held = 0
+        return self.bytes_sent - held
+
     def _send_if_possible(self, data: bytes) -> None:
         """Best effort, without waiting: a TLS alert on the way out."""
         with contextlib.suppress(OSError):
             self.sock.send(data)
 
-    async def aclose(self) -> None:
-        """Close at once; a task waiting on the socket gets ClosedResourceError."""
+    def close(self) -> None:
+        """Close at once, from any task; one waiting on the socket gets ClosedResourceError."""
         if self.sock.fileno() != -1:
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
+
+    async def aclose(self) -> None:
+        self.close()
         await trio.lowlevel.checkpoint()

@@ -6,7 +6,9 @@ client library does not allow in two ways a proxy needs. Interim 1xx responses
 are handed to a callback before the final one, so they can be relayed (RFC 9110
 §15.2). A body is framed by Content-Length, chunked coding, or the connection's
 close, which is what any transfer coding other than a final chunked means for a
-response (RFC 9112 §6.3). A connection goes back to the pool only when its
+response (RFC 9112 §6.3). A request body is sent whole, or streamed on as the
+client sends it (the client's next bytes are read only when the upstream has
+taken the last: back-pressure, not buffering). A connection goes back to the pool only when its
 response ended cleanly with nothing after it, and a pooled connection is checked
 before reuse, so a request is never sent twice.
 """
@@ -22,12 +24,14 @@ from urllib.parse import urlsplit
 import httptools
 import trio
 
+from .messages import RequestBody
 from .policy import field_values, list_members, origin_form
 
 READ_SIZE = 65536
 MAX_HEAD_BYTES = 64 * 1024
 
 Interim = Callable[[int, list[tuple[str, str]]], Awaitable[None]]
+Content = bytes | RequestBody  # a request body: whole, or streamed from a client as it arrives
 
 
 class ClientError(Exception):
@@ -164,7 +168,7 @@ class HttpClient:
         self._idle.clear()
 
     async def request(
-        self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", on_interim: Interim | None = None
+        self, method: str, url: str, headers: list[tuple[str, str]], body: Content = b"", on_interim: Interim | None = None
     ) -> ClientResponse:
         """Send a request and read up to the final response's head. Interim
         responses go to `on_interim` as they arrive. The caller reads the body
@@ -199,19 +203,30 @@ class HttpClient:
             raise ClientError(f"cannot connect to {origin.authority}: {exc}", unsent=True) from None
         return _Connection(stream, origin)
 
-    async def _send(self, connection: _Connection, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> None:
+    async def _send(self, connection: _Connection, method: str, target: str, headers: list[tuple[str, str]], body: Content) -> None:
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {connection.origin.authority}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers]
-        if body or method in ("POST", "PUT", "PATCH"):
-            lines.append(f"Content-Length: {len(body)}\r\n")
+        lines += _framing(method, body)
         lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")
+        if not isinstance(body, RequestBody):
+            await self._write(connection, head + body)
+            return
+        await self._write(connection, head)
+        chunked = body.length is None
+        async for chunk in body:  # a BodyError (the client's side broke) goes to the caller as it is
+            await self._write(connection, b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            await self._write(connection, b"0\r\n\r\n")
+
+    async def _write(self, connection: _Connection, data: bytes) -> None:
         try:
             with trio.fail_after(self.timeout):
-                await connection.stream.send_all("".join(lines).encode("latin-1") + body)
+                await connection.stream.send_all(data)
         except trio.TooSlowError:
             raise ClientError("sending the request timed out", timed_out=True) from None
         except (trio.BrokenResourceError, OSError) as exc:
-            raise ClientError(f"connection broke while sending: {exc}") from None
+            raise ClientError(f"connection broke while sending: {exc or type(exc).__name__}") from None
 
     async def _receive(self, connection: _Connection) -> bytes:
         try:
@@ -275,6 +290,17 @@ class HttpClient:
             idle.append(connection)
         else:
             connection.close_now()
+
+
+def _framing(method: str, body: Content) -> list[str]:
+    """The fields that frame a request body: its length, or chunked when a
+    streamed body's length is unknown."""
+    length = len(body) if isinstance(body, bytes) else body.length
+    if length is None:
+        return ["Transfer-Encoding: chunked\r\n"]
+    if length or method in ("POST", "PUT", "PATCH"):
+        return [f"Content-Length: {length}\r\n"]
+    return []
 
 
 def _delimited_by_close(status: int, headers: list[tuple[str, str]]) -> bool:

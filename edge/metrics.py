@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 TIERS = ("memory", "disk", "peer", "parent", "dht", "origin")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PURGE"})
 # What the cache did beyond a plain hit or fetch.
-EVENTS = ("revalidated", "stale-while-revalidate", "stale-if-error", "passed", "invalidated", "purged")
+EVENTS = ("revalidated", "stale-while-revalidate", "stale-if-error", "passed", "invalidated", "purged", "leaf-from-origin", "truncated", "post-stored")
 
 
 class EdgeMetrics:
@@ -62,7 +62,7 @@ class EdgeMetrics:
         yield self._family("chordcdn_edge_requests", "Requests received, by method", "method", self.requests)
         yield self._family("chordcdn_edge_hits", "Requests answered from the edge's own tiers", "tier", self.hits, ("memory", "disk"))
         yield self._family("chordcdn_edge_upstream_fetches", "Fetches from each upstream tier", "tier", self.upstream_fetches, TIERS[2:])
-        yield self._family("chordcdn_edge_cache_events", "Revalidations, stale answers, passed requests, invalidations and purges", "event", self.events, EVENTS)
+        yield self._family("chordcdn_edge_cache_events", "Revalidations, stale answers, passed requests, invalidations, purges, leaves the ring lost taken from the origin, and bodies cut short", "event", self.events, EVENTS)
         for name, text, value in (
             ("chordcdn_edge_collapsed", "Requests that waited on another request's fetch", self.collapsed_waits),
             ("chordcdn_edge_served_bytes", "Body bytes sent to clients", self.served_bytes),

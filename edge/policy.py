@@ -6,8 +6,11 @@ store and which of its fields (§3, §3.1, §3.5), how long it stays fresh, expl
 or heuristically (§4.2.1, §4.2.2), how old it is (§4.2.3), whether a stored
 response may answer a request given both sides' directives (§4.2.4, §5.2), whether
 it may be served stale after an error (RFC 5861 §4), how a 304 updates it (§3.2),
-which stored responses an unsafe request invalidates (§4.4), and the secondary key
-that Vary names (§4.1). No I/O: times come in as seconds since the epoch.
+which stored responses an unsafe request invalidates (§4.4), when a HEAD answer
+freshens a stored response (§4.3.5) and when a POST answer may serve later GETs
+(RFC 9110 §9.3.3). The secondary key that Vary names is `vary`'s. No I/O: times come in as seconds since the epoch. Field
+values come from clients and upstreams, so none of them makes a function here
+raise: what cannot be read is taken as the RFCs say (stale, ignored, no match).
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ DELTA_SECONDS_CAP = 2**31  # §1.2.2
 HEURISTIC_FRACTION = 0.1  # §4.2.2: "10% of the interval since Last-Modified"
 HEURISTIC_CAP = 86400.0  # a day, so an old file is not kept for months on a guess
 UNBOUNDED = math.inf
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")  # str.lower() folds non-ASCII too
+_UNQUOTED = re.compile(r'("(?:[^"\\]|\\.)*"?)|[^"]+', re.DOTALL)  # group 1: a quoted string
 
 
 # -- parsing -----------------------------------------------------------------------------
@@ -99,13 +104,16 @@ def _unquote(argument: str) -> str:
 def cdn_cache_control(values: list[str]) -> dict[str, str | None] | None:
     """The directives of CDN-Cache-Control (RFC 9213), None when it is absent,
     empty or not a valid Structured Fields dictionary (§2.1: then it is ignored).
-    A directive whose value has the wrong type is dropped (§2.1), but the field
-    still stands in for Cache-Control; bare names (true) have no argument,
-    integers and strings become the argument text."""
+    Directive names are case-insensitive (RFC 9111 §5.2, which RFC 9213 §2.1
+    builds on), so `Max-Age=60` counts: letters outside quoted strings are read
+    lower-cased. A directive whose value has the wrong type is dropped (§2.1), but
+    the field still stands in for Cache-Control; bare names (true) have no
+    argument, integers and strings become the argument text."""
     if not values:
         return None
+    text = _UNQUOTED.sub(lambda m: m.group(1) or m.group().translate(ASCII_LOWER), ", ".join(values))
     try:
-        parsed = http_sf.parse(", ".join(values).encode("latin-1"), tltype="dictionary")
+        parsed = http_sf.parse(text.encode("latin-1"), tltype="dictionary")
     except (http_sf.StructuredFieldError, UnicodeEncodeError):
         return None
     directives: dict[str, str | None] = {}
@@ -131,10 +139,11 @@ def response_directives(headers: list[tuple[str, str]]) -> tuple[dict[str, str |
 
 def delta_seconds(value: str | None) -> int | None:
     """A delta-seconds argument (§1.2.2); None when absent or not a non-negative
-    integer. Values too large to represent become 2**31."""
+    integer. Values too large to represent become 2**31 (int() refuses 4300 digits)."""
     if value is None or not (value.isascii() and value.isdigit()):
         return None
-    return min(int(value), DELTA_SECONDS_CAP)
+    digits = value.lstrip("0")
+    return DELTA_SECONDS_CAP if len(digits) > 10 else min(int(digits or "0"), DELTA_SECONDS_CAP)
 
 
 def field_names(argument: str | None) -> frozenset[str]:
@@ -415,6 +424,19 @@ def validator_matches(stored: Fields, not_modified: Fields) -> bool:
     return new is None or old is None or new.removeprefix("W/") == old.removeprefix("W/")
 
 
+def head_freshens(stored: Fields, stored_size: int, head: Fields, head_size: int | None) -> bool:
+    """May a 200 answer to HEAD update this stored GET response (§4.3.5)? When each
+    validator the HEAD answer carries (ETag, Last-Modified) equals the stored one,
+    and its Content-Length, if any, is the stored body's size; otherwise the stored
+    response stays stale."""
+    stored, head = list(stored), list(head)
+    for name in ("etag", "last-modified"):
+        value = first_value(head, name)
+        if value is not None and value != first_value(stored, name):
+            return False
+    return head_size is None or head_size == stored_size
+
+
 def origin_form(parts: SplitResult) -> str:
     """A URL's path and query as a request target (RFC 9112 §3.2.1)."""
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -431,34 +453,35 @@ def invalidated(method: str, status: int, target: str, headers: Fields, authorit
     targets = [target]
     for name in ("location", "content-location"):
         value = first_value(headers, name)
-        if value:
-            resolved = urlsplit(urljoin("http://origin.invalid" + target, value.strip()))
-            same_origin = resolved.netloc == "origin.invalid" or (resolved.scheme == "http" and resolved.netloc.lower() in allowed)
-            if same_origin:
-                targets.append(origin_form(resolved))
+        same_origin = _same_origin_target(target, value, allowed) if value else None
+        if same_origin is not None:
+            targets.append(same_origin)
     return list(dict.fromkeys(targets))
 
 
-# -- Vary --------------------------------------------------------------------------------
+def reusable_post(status: int, target: str, headers: Fields, authorities: Iterable[str]) -> bool:
+    """May a response to POST be stored to answer later GETs of its target? Only a
+    200 with explicit freshness and a Content-Location naming the POST's own target
+    (RFC 9110 §9.3.3; RFC 9111 §3 lets a cache store what it understands). The
+    other rules of storing (§3) still apply, to it as to a GET's answer."""
+    headers = list(headers)
+    location = first_value(headers, "content-location")
+    if status != 200 or location is None:
+        return False
+    if _same_origin_target(target, location, {authority.lower() for authority in authorities}) != target:
+        return False
+    directives, targeted = response_directives(headers)
+    lifetime, heuristic = freshness_lifetime(status, headers, directives, use_expires=not targeted)
+    return lifetime > 0 and not heuristic
 
 
-def vary_names(headers: Fields) -> tuple[str, ...]:
-    """The request fields a response varies on (§4.1), lower-cased and sorted;
-    ("*",) when it varies on something outside the request."""
-    members = list_members(field_values(headers, "vary"))
-    if "*" in members:
-        return ("*",)
-    return tuple(sorted({m.lower() for m in members}))
-
-
-def secondary_key(names: tuple[str, ...], request: RequestHeaders) -> str:
-    """The values of the named request fields, normalised so that requests that
-    differ only in whitespace or in how a list is split over lines match (§4.1);
-    an absent field differs from an empty one."""
-    parts = []
-    for name in names:
-        if name not in request:
-            parts.append(f"{name}\x01")
-        else:
-            parts.append(f"{name}={','.join(list_members(request.get_all(name)))}")
-    return "\x00".join(parts)
+def _same_origin_target(target: str, reference: str, allowed: set[str]) -> str | None:
+    """The request target `reference` names, resolved against `target`, when it is
+    on this origin; None otherwise, and for a URL that cannot be parsed."""
+    try:
+        resolved = urlsplit(urljoin("http://origin.invalid" + target, reference.strip()))
+    except ValueError:  # e.g. an unclosed "[" in the authority
+        return None
+    if resolved.netloc == "origin.invalid" or (resolved.scheme == "http" and resolved.netloc.lower() in allowed):
+        return origin_form(resolved)
+    return None

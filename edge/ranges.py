@@ -22,7 +22,7 @@ _SPEC = re.compile(r"([0-9]*)-([0-9]*)")
 _UNIT = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _BCHARS = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]")  # RFC 2046
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")  # RFC 9110 §5.5: VCHAR, obs-text, SP, HTAB
 
 
 class RangeNotSatisfiable(Exception):
@@ -174,23 +174,32 @@ def plan_multipart(ranges: list[ByteRange], size: int, content_type: str | None,
     """Plan a 206 multipart/byteranges body for `ranges` of a `size`-byte representation.
 
     content_type is the representation's media type, repeated in each part; None
-    omits that part header. The boundary must be a valid RFC 2046 boundary.
+    omits that part header. It must be a field value (is_field_value). The
+    boundary must be a valid RFC 2046 boundary.
     """
     _require_size(size)
     if not ranges:
         raise ValueError("a multipart/byteranges body needs at least one range")
     if not all(isinstance(r, ByteRange) for r in ranges):
         raise TypeError("ranges must be ByteRange instances")
-    if content_type is not None and (_CONTROL.search(content_type) or not content_type.isascii()):
-        raise ValueError(f"content_type must be printable ASCII: {content_type!r}")
-    if not isinstance(boundary, str) or not _BCHARS.fullmatch(boundary):
-        raise ValueError(f"invalid multipart boundary {boundary!r} (RFC 2046: 1-70 bchars, not ending in space)")
-    type_line = b"" if content_type is None else f"Content-Type: {content_type}\r\n".encode("ascii")
+    if content_type is not None and not is_field_value(content_type):
+        raise ValueError(f"content_type must be a field value (visible latin-1, SP, HTAB): {content_type[:100]!r}")
+    if not isinstance(boundary, str):
+        raise TypeError(f"the multipart boundary must be a str, not {type(boundary).__name__}")
+    if not _BCHARS.fullmatch(boundary):
+        raise ValueError(f"invalid multipart boundary {boundary[:100]!r} (RFC 2046: 1-70 bchars, not ending in space)")
+    type_line = b"" if content_type is None else f"Content-Type: {content_type}\r\n".encode("latin-1")
     parts = [(_preamble(boundary, type_line, r, size), r) for r in ranges]
     epilogue = f"\r\n--{boundary}--\r\n".encode("ascii")
     length = sum(len(pre) + r.length for pre, r in parts) + len(epilogue)
     header_boundary = boundary if _TOKEN.fullmatch(boundary) else f'"{boundary}"'
     return MultipartPlan(f"multipart/byteranges; boundary={header_boundary}", length, parts, epilogue)
+
+
+def is_field_value(text: str) -> bool:
+    """Could `text` be sent as a field value (RFC 9110 §5.5)? No controls but HTAB,
+    nothing beyond latin-1."""
+    return isinstance(text, str) and _FIELD_VALUE.fullmatch(text) is not None
 
 
 def _preamble(boundary: str, type_line: bytes, r: ByteRange, size: int) -> bytes:

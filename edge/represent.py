@@ -3,7 +3,9 @@
 Owns the part of HTTP that is the same for every tier and for the origin: the
 preconditions (304, 412), If-Range, Range (206, multipart/byteranges, 416) and
 HEAD, over a `BodySource` that can stream any byte span of the body: bytes in
-memory, a file, or a spool still filling from upstream.
+memory, a file, or a spool still filling from upstream. The representation's
+fields come from upstream, so none of them may make it fail: a malformed ETag
+matches nothing, a Content-Type that cannot go into a part is left out of it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import AsyncIterator, Protocol
 
 from .httpserver import Request, Response, simple_response
 from .policy import first_value
-from .ranges import ByteRange, RangeNotSatisfiable, new_boundary, parse_range, plan_multipart
+from .ranges import ByteRange, RangeNotSatisfiable, is_field_value, new_boundary, parse_range, plan_multipart
 from .spool import Spool
 from .validators import evaluate_preconditions, if_range_allows, parse_http_date
 
@@ -78,7 +80,7 @@ def represent(request: Request, headers: list[tuple[str, str]], source: BodySour
     conditional = any(name in request.headers for name in CONDITIONAL_FIELDS)
     etag = first_value(headers, "etag")
     last_modified = parse_http_date(first_value(headers, "last-modified"))
-    outcome = evaluate_preconditions(request.method, request.headers, etag, last_modified) if conditional else None
+    outcome = _preconditions(request, headers, etag, last_modified) if conditional else None
     if outcome == 304:
         return Response(304, [(k, v) for k, v in headers if k.lower() in NOT_MODIFIED_FIELDS])
     if outcome is not None:
@@ -92,6 +94,13 @@ def represent(request: Request, headers: list[tuple[str, str]], source: BodySour
     if len(ranges) == 1:
         return _single(headers, source, ranges[0], head)
     return _multipart(headers, source, ranges, head)
+
+
+def _preconditions(request: Request, headers: list[tuple[str, str]], etag: str | None, last_modified: float | None) -> int | None:
+    """304, 412 or None; without Last-Modified, If-Modified-Since is judged by the
+    Date (RFC 9111 §4.3.2)."""
+    date = parse_http_date(first_value(headers, "date")) if last_modified is None else None
+    return evaluate_preconditions(request.method, request.headers, etag, last_modified, date=date)
 
 
 def _requested_ranges(request: Request, etag: str | None, last_modified: float | None, size: int) -> list[ByteRange] | None | Response:
@@ -125,7 +134,10 @@ def _single(headers: list[tuple[str, str]], source: BodySource, part: ByteRange,
 
 
 def _multipart(headers: list[tuple[str, str]], source: BodySource, ranges: list[ByteRange], head: bool) -> Response:
-    plan = plan_multipart(ranges, source.size, first_value(headers, "content-type"), new_boundary())
+    content_type = first_value(headers, "content-type")
+    if content_type is not None and not is_field_value(content_type):
+        content_type = None  # nothing a part's header could carry
+    plan = plan_multipart(ranges, source.size, content_type, new_boundary())
     fields = [(k, v) for k, v in headers if k.lower() != "content-type"]
     fields += [("Content-Type", plan.content_type), ("Content-Length", str(plan.content_length))]
     if head:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import trio
 
-from .policy import RequestHeaders, secondary_key, vary_names
+from .policy import RequestHeaders
+from .vary import secondary_key, vary_names
 from .represent import BodySource
 from .spool import Spool
 from .tiers import DiskTier, Entry, MemoryTier, Stored, Variants

@@ -6,6 +6,11 @@ If-Modified-Since, and the If-Range decision (§13.1.5). Pure: no I/O and no clo
 callers pass every time they mean. Times are POSIX timestamps; HTTP-dates carry
 whole seconds, so a Last-Modified with a fraction is compared by its floor, the
 value format_http_date put on the wire.
+
+Every field value a client or an upstream sends is taken as RFC 9110 says or
+ignored, never raised on: a malformed date is no date, a malformed entity-tag
+matches nothing. Only arguments of the wrong type, or timestamps out of range,
+raise (TypeError, ValueError).
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ _LONG_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAY, _LONG, _MON = "|".join(_DAYS), "|".join(_LONG_DAYS), "|".join(_MONTHS)
 _TIME = r"([0-9]{2}):([0-9]{2}):([0-9]{2})"
-_IMF = re.compile(rf"(?:{_DAY}), ([0-9]{{2}}) ({_MON}) ([0-9]{{4}}) {_TIME} GMT")
-_RFC850 = re.compile(rf"(?:{_LONG}), ([0-9]{{2}})-({_MON})-([0-9]{{2}}) {_TIME} GMT")
-_ASCTIME = re.compile(rf"(?:{_DAY}) ({_MON}) ([ 0-9][0-9]) {_TIME} ([0-9]{{4}})")
+# Names match in any case (RFC 9111 §4.2: "a cache recipient SHOULD match the field
+# value case-insensitively"); re.ASCII keeps the Kelvin sign and long s from folding.
+_NOCASE = re.ASCII | re.IGNORECASE
+_IMF = re.compile(rf"(?:{_DAY}), ([0-9]{{2}}) ({_MON}) ([0-9]{{4}}) {_TIME} GMT", _NOCASE)
+_RFC850 = re.compile(rf"(?:{_LONG}), ([0-9]{{2}})-({_MON})-([0-9]{{2}}) {_TIME} GMT", _NOCASE)
+_ASCTIME = re.compile(rf"(?:{_DAY}) ({_MON}) ([ 0-9][0-9]) {_TIME} ([0-9]{{4}})", _NOCASE)
+_MONTH_NUMBERS = {name.lower(): number for number, name in enumerate(_MONTHS, 1)}
 _EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
 _ETAGC = r"[\x21\x23-\x7e\x80-\U0010ffff]*"  # §8.8.3, obs-text widened past \xff
@@ -52,8 +61,10 @@ def format_http_date(ts: float) -> str:
 def parse_http_date(value: str | None, now: float | None = None) -> float | None:
     """The timestamp of an IMF-fixdate, RFC 850 or asctime date; None for anything else.
 
-    Strict grammar (names are case-sensitive, exactly one space where the RFC has
-    one); surrounding whitespace is ignored and the day-name is not cross-checked.
+    The grammar of §5.6.7 (exactly one space where the RFC has one), but day and
+    month names and GMT in any case (RFC 9111 §4.2 asks caches to match dates
+    case-insensitively); surrounding whitespace is ignored and the day-name is
+    not cross-checked.
     An RFC 850 two-digit year is resolved per §5.6.7 against `now` when given
     (more than 50 years ahead means the previous century), else 70-99 -> 19xx and
     00-69 -> 20xx.
@@ -72,7 +83,7 @@ def parse_http_date(value: str | None, now: float | None = None) -> float | None
         mon, day, hh, mm, ss, year = m.groups()
     else:
         return None
-    return _timestamp(int(year), _MONTHS.index(mon) + 1, int(day), int(hh), int(mm), int(ss))
+    return _timestamp(int(year), _MONTH_NUMBERS[mon.lower()], int(day), int(hh), int(mm), int(ss))
 
 
 def _rfc850_year(yy: int, now: float | None) -> int:
@@ -103,8 +114,10 @@ class ETag:
     weak: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.tag, str) or not re.fullmatch(_ETAGC, self.tag):
-            raise ValueError(f"invalid entity-tag text {self.tag!r}: no quotes, spaces or controls allowed")
+        if not isinstance(self.tag, str):
+            raise TypeError(f"entity-tag text must be a str, not {type(self.tag).__name__}")
+        if not re.fullmatch(_ETAGC, self.tag):
+            raise ValueError(f"invalid entity-tag text {self.tag[:100]!r}: no quotes, spaces or controls allowed")
 
     def __str__(self) -> str:
         return f'W/"{self.tag}"' if self.weak else f'"{self.tag}"'
@@ -120,6 +133,8 @@ class ETag:
 
 def parse_etag_list(value: str) -> list[ETag] | Literal["*"]:
     """The If-Match / If-None-Match field value: "*" or its entity-tags, malformed members skipped."""
+    if not isinstance(value, str):
+        raise TypeError(f"an entity-tag list must be a str, not {type(value).__name__}")
     if value.strip(" \t") == "*":
         return "*"
     tags: list[ETag] = []
@@ -160,15 +175,21 @@ def evaluate_preconditions(
     last_modified: float | None,
     *,
     exists: bool = True,
+    date: float | None = None,
 ) -> int | None:
     """The §13.2.2 outcome for a request on the selected representation.
 
     412 or 304 when a precondition fails, None to proceed. `etag` is the current
-    entity-tag in wire form ('"abc"' or 'W/"abc"'); `exists` False means there is
-    no current representation (If-Match fails, If-None-Match "*" passes).
+    entity-tag in wire form ('"abc"' or 'W/"abc"'); one that is not a valid
+    entity-tag is no entity-tag: it matches nothing, though "*" still matches
+    the representation. `exists` False means there is no current representation
+    (If-Match fails, If-None-Match "*" passes). `date`, the stored response's Date,
+    stands in for a missing Last-Modified in If-Modified-Since only (RFC 9111
+    §4.3.2); If-Unmodified-Since needs a real Last-Modified.
     """
     current = _current_etag(etag)
     lm = None if last_modified is None else _whole_seconds("last_modified", last_modified)
+    modified = lm if lm is not None or date is None else _whole_seconds("date", date)
     if_match = _header(headers, "If-Match")
     if if_match is not None:
         if not _any_match(parse_etag_list(if_match), current, exists, strong_match):
@@ -180,7 +201,7 @@ def evaluate_preconditions(
     if if_none_match is not None:
         if _any_match(parse_etag_list(if_none_match), current, exists, weak_match):
             return NOT_MODIFIED if safe else PRECONDITION_FAILED
-    elif safe and not _modified_since(_header(headers, "If-Modified-Since"), lm):
+    elif safe and not _modified_since(_header(headers, "If-Modified-Since"), modified):
         return NOT_MODIFIED
     return None
 
@@ -236,11 +257,13 @@ def _header(headers: HeaderSource, name: str) -> str | None:
 
 
 def _current_etag(etag: str | None) -> ETag | None:
+    """The representation's entity-tag; None when it has none or a malformed one
+    (§8.8.3: unquoted, `w/"x"`, `W"x"`...), which then matches no listed tag."""
     if etag is None:
         return None
-    if not isinstance(etag, str) or (parsed := ETag.parse(etag)) is None:
-        raise ValueError(f"etag must be an entity-tag in wire form like '\"abc\"' or 'W/\"abc\"', not {etag!r}")
-    return parsed
+    if not isinstance(etag, str):
+        raise TypeError(f"etag must be a str in wire form like '\"abc\"', not {type(etag).__name__}")
+    return ETag.parse(etag)
 
 
 def _utc_date(name: str, ts: float) -> tuple[datetime.date, int]:
@@ -249,12 +272,19 @@ def _utc_date(name: str, ts: float) -> tuple[datetime.date, int]:
     try:
         return datetime.date.fromordinal(_EPOCH_ORDINAL + days), secs
     except (ValueError, OverflowError):
-        raise ValueError(f"{name}={ts!r} is outside years 1-9999, which HTTP-date cannot express") from None
+        raise ValueError(f"{name}={_shown(ts)} is outside years 1-9999, which HTTP-date cannot express") from None
 
 
 def _whole_seconds(name: str, ts: float) -> int:
     if isinstance(ts, bool) or not isinstance(ts, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(ts).__name__}")
-    if not math.isfinite(ts):
+    if isinstance(ts, float) and not math.isfinite(ts):
         raise ValueError(f"{name} must be finite, not {ts!r}")
     return math.floor(ts)
+
+
+def _shown(ts: float) -> str:
+    """ts for a message: a huge int by its size, since its repr may fail."""
+    if isinstance(ts, int) and ts.bit_length() > 64:
+        return f"a {ts.bit_length()}-bit integer"
+    return repr(ts)

@@ -4,7 +4,10 @@ Owns what the origin answers and what it puts into the DHT. `Origin.handle`
 serves GET and HEAD for the files `Catalog` resolves, each with a strong
 `ETag: "<cid>"` and `X-Content-CID`, Last-Modified, Content-Type, a per-prefix
 Cache-Control and `Accept-Ranges: bytes`; preconditions, If-Range and ranges are
-answered by `edge.represent`, shared with the edges. Bodies stream from the very
+answered by `edge.represent`, shared with the edges. `/cid/<CID>` names a
+published file by the version it was published at (immutable; 404 once the file
+has changed): an edge whose ring lost part of a file asks for the rest there,
+with `Range` and `If-Match: "<CID>"`. Bodies stream from the very
 file descriptor whose version the CID names, 64 KiB at a time, read in a worker
 thread. Status codes for bad paths: NUL bytes or a path that is not absolute →
 400; `..` segments (encoded or not) and missing files → 404; a symlink whose
@@ -13,8 +16,11 @@ methods → 405 with `Allow: GET, HEAD`.
 
 Publishing puts every file into the DHT and re-puts a file whenever its
 signature (size, mtime, ctime, inode) changes, from a background task that
-rescans the tree; serving never waits for it. What is served is counted in
-`OriginStats`, read as an attribute or in log lines, never over HTTP.
+rescans the tree; serving never waits for it. Another background task checks,
+every `check_interval` seconds (0: never), that the ring still holds every block
+of every published file, and puts back what it lost (`origin.availability`).
+What is served is counted in `OriginStats`, and what the checks found in
+`AvailabilityStats`, read as attributes or in log lines, never over HTTP.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -36,7 +43,8 @@ from edge.httpserver import Request, Response, simple_response
 from edge.represent import represent
 from edge.validators import format_http_date
 
-from .catalog import BadPath, Catalog, FileChanging, FileInfo, ForbiddenPath, NotFoundError, Signature
+from .availability import DEFAULT_CHECK_INTERVAL, DEFAULT_CHECK_RATE, AvailabilityCheck, AvailabilityStats, FileMoved, Pacer
+from .catalog import BadPath, Catalog, CatalogError, FileChanging, FileInfo, ForbiddenPath, NotFoundError, Signature
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,9 @@ DEFAULT_CACHE_CONTROL = "public, max-age=60"
 DEFAULT_RESCAN = 2.0
 READ_CHUNK = 64 * 1024
 ALLOWED_METHODS = ("GET", "HEAD")
+CID_PREFIX = "/cid/"
+IMMUTABLE = "public, max-age=31536000, immutable"
+_CID = re.compile(r"[0-9a-f]{64}")
 
 Connect = Callable[[], Awaitable[DhtClient]]
 
@@ -81,6 +92,8 @@ class OriginConfig:
     cache_control: tuple[tuple[str, str], ...] = ()
     default_cache_control: str = DEFAULT_CACHE_CONTROL
     rescan: float = DEFAULT_RESCAN
+    check_interval: float = DEFAULT_CHECK_INTERVAL  # seconds between availability checks; 0: none
+    check_rate: float = DEFAULT_CHECK_RATE  # file bytes an availability check reads per second
 
     def __post_init__(self) -> None:
         for prefix, value in self.cache_control:
@@ -88,6 +101,10 @@ class OriginConfig:
         _check_field_value(self.default_cache_control)
         if not self.rescan > 0:
             raise ValueError(f"rescan interval must be positive, not {self.rescan}")
+        if not self.check_interval >= 0:
+            raise ValueError(f"check interval must be zero (no checks) or positive, not {self.check_interval}")
+        if not self.check_rate > 0:
+            raise ValueError(f"check rate must be positive, not {self.check_rate}")
 
     def cache_control_for(self, url_path: str) -> str:
         matches = [(len(prefix), value) for prefix, value in self.cache_control if url_path.startswith(prefix)]
@@ -155,6 +172,7 @@ class Origin:
         self.stats = OriginStats()
         self.body_serving = True
         self.published: dict[str, str] = {}
+        self.availability = AvailabilityStats()
         self._settled = trio.Event()
 
     async def handle(self, request: Request) -> Response:
@@ -167,11 +185,13 @@ class Origin:
     async def _respond(self, request: Request) -> Response:
         if request.method not in ALLOWED_METHODS:
             return simple_response(405, f"{request.method} is not allowed", [("Allow", ", ".join(ALLOWED_METHODS))])
-        opened = await self._open(request.path)
+        by_cid = self._published_as(request.path)
+        opened = await self._open(request.path if by_cid is None else by_cid[0], None if by_cid is None else by_cid[1])
         if isinstance(opened, Response):
             return opened
         file, info = opened
-        response = represent(request, self.metadata(request.path, info), _FileSource(file, info))
+        fields = self.metadata(request.path, info) if by_cid is None else self.metadata_by_cid(info)
+        response = represent(request, fields, _FileSource(file, info))
         if isinstance(response.body, bytes):  # no body from the file: HEAD, 304, 412, 416
             file.close()
             return response
@@ -182,8 +202,19 @@ class Origin:
         response.body = self._counted(response.body, file)
         return response
 
-    async def _open(self, url_path: str) -> tuple[io.FileIO, FileInfo] | Response:
-        """The file a path names and its version's info, or the error response."""
+    def _published_as(self, url_path: str) -> tuple[str, str] | None:
+        """For `/cid/<CID>` of a published file, (its path, the CID); else None,
+        and the target is an ordinary path. A scan of `published`: /cid/
+        requests come only from an edge whose ring lost part of a file."""
+        cid = url_path.removeprefix(CID_PREFIX).lower()
+        if not url_path.startswith(CID_PREFIX) or not _CID.fullmatch(cid):
+            return None
+        path = next((path for path, published in self.published.items() if published == cid), None)
+        return None if path is None else (path, cid)
+
+    async def _open(self, url_path: str, cid: str | None = None) -> tuple[io.FileIO, FileInfo] | Response:
+        """The file a path names and its version's info, or the error response;
+        404 when `cid` is given and the file is no longer that version."""
         try:
             fd, info = await self.catalog.open(url_path)
         except BadPath as exc:
@@ -194,6 +225,9 @@ class Origin:
             return simple_response(403)
         except FileChanging as exc:
             return simple_response(503, str(exc), [("Retry-After", "1")])
+        if cid is not None and info.cid != cid:
+            os.close(fd)
+            return simple_response(404)
         return io.FileIO(fd), info  # a FileIO closes the descriptor even if the body is never read
 
     def metadata(self, url_path: str, info: FileInfo) -> list[tuple[str, str]]:
@@ -206,6 +240,11 @@ class Origin:
             ("Cache-Control", self.config.cache_control_for(url_path)),
             ("Accept-Ranges", "bytes"),
         ]
+
+    def metadata_by_cid(self, info: FileInfo) -> list[tuple[str, str]]:
+        """The fields of a file named by its CID: that version, forever."""
+        fields = [(name, value) for name, value in self.metadata(CID_PREFIX, info) if name != "Cache-Control"]
+        return [*fields, ("Cache-Control", IMMUTABLE)]
 
     async def _counted(self, body: AsyncIterable[bytes], file: io.FileIO) -> AsyncIterator[bytes]:
         """The body as sent, counted; closes the file when done or abandoned."""
@@ -233,15 +272,7 @@ class Origin:
         """Publish the tree, then what changed every `config.rescan` seconds, until
         cancelled. A ring that cannot be reached is retried at the next pass."""
         task_status.started()
-        client: DhtClient | None = None
-        while True:
-            try:
-                client = client or await connect()
-                await self.publish_all(client)
-            except ChordError as exc:
-                log.warning("publishing failed, retrying in %gs: %s", self.config.rescan, exc)
-                client = None
-            await trio.sleep(self.config.rescan)
+        await _every(self.config.rescan, connect, self.publish_all, "publishing")
 
     async def publish_all(self, client: DhtClient) -> int:
         """One pass: put every file whose CID is not yet published; return how many
@@ -289,3 +320,49 @@ class Origin:
         self.published[url_path] = cid
         log.info("published %s cid %s (%d bytes) in %.2fs", url_path, cid, info.size, time.monotonic() - started)
         return True
+
+    # -- checking what was published -------------------------------------------------------------
+
+    async def check_forever(self, connect: Connect) -> None:
+        """Every `config.check_interval` seconds after the last pass ended, check
+        that the ring holds every published file whole, until cancelled."""
+        await trio.sleep(self.config.check_interval)
+        await _every(self.config.check_interval, connect, self.check_published, "availability check")
+
+    async def check_published(self, client: DhtClient) -> int:
+        """One pass over every published file; return how many blocks were put
+        again. Raises ChordError when the ring cannot be asked."""
+        started, check = time.monotonic(), AvailabilityCheck(client, Pacer(self.config.check_rate), self.availability)
+        republished = 0
+        for url_path, cid in list(self.published.items()):
+            republished += await self._check_one(check, url_path, cid)
+        self.availability.passes += 1
+        level = logging.WARNING if republished else logging.INFO
+        log.log(level, "availability check: %d blocks republished in %.2fs; totals: %s",
+                republished, time.monotonic() - started, self.availability.summary())
+        return republished
+
+    async def _check_one(self, check: AvailabilityCheck, url_path: str, cid: str) -> int:
+        """Check one file if it is still the version published as `cid`."""
+        try:
+            info = await self.catalog.lookup(url_path)
+            if info.cid != cid:
+                return 0  # changed on disk: the publisher puts the new version
+            return await check.check_file(url_path, info)
+        except (CatalogError, FileMoved, OSError) as exc:
+            log.info("availability check skipped %s: %s", url_path, exc)
+            return 0
+
+
+async def _every(interval: float, connect: Connect, work: Callable[[DhtClient], Awaitable[int]], what: str) -> None:
+    """Do `work` with a ring client, then wait `interval` seconds, until cancelled.
+    A ring that fails is logged, and asked afresh (a new client) the next time."""
+    client: DhtClient | None = None
+    while True:
+        try:
+            client = client or await connect()
+            await work(client)
+        except ChordError as exc:
+            log.warning("%s failed, retrying in %gs: %s", what, interval, exc)
+            client = None
+        await trio.sleep(interval)

@@ -531,7 +531,8 @@ async def test_outsiders_cannot_store_drop_or_forge(tmp_path: Path) -> None:
             for address in addresses:
                 with pytest.raises(TransportError, match="handshake"):
                     await impostor.call(address, "put_block", [block_hash(junk), junk], timeout=WAIT)
-        # A client certificate: puts are allowed, but nothing that moves copies or names ring nodes.
+        # A client certificate: puts and proofs of possession are allowed, but nothing that moves
+        # copies or names ring nodes.
         victim = await look.info(addresses[2])
         forged = NodeRef(victim.me.id - 1, addresses[3]).to_wire()
         ring_calls = {
@@ -539,7 +540,6 @@ async def test_outsiders_cannot_store_drop_or_forge(tmp_path: Path) -> None:
             "consider_successor": [forged],
             "predecessor_leaving": [forged, forged],
             "successor_leaving": [forged, [forged]],
-            "prove_blocks": [bytes(16), sorted(stored.keys)[:4]],
             "list_keys": [0, 0],
             "digests": [0, 0, 4],
         }

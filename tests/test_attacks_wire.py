@@ -745,17 +745,19 @@ async def test_roles_hold_against_a_running_node(tmp_path: Path) -> None:
         assert b"needs a client or node certificate" in result.stderr and b"Traceback" not in result.stderr, result.stderr
         await attempt_all(victim.address, files_of("test-reader", Role.READER), [
             Attempt("put_block", [key, block], "needs a client or node certificate"),
+            Attempt("prove_blocks", [bytes(16), [stored]], "needs a client or node certificate"),
             Attempt("get_block", [stored], None),
         ])
 
-        # A client cannot touch routing or replicas, even naming its own ID (the one its key gives).
+        # A client cannot touch routing or replicas, even naming its own ID (the one its key gives);
+        # it may challenge a holder for proofs of possession (an origin auditing what it published).
         myself = [FAKE_ADDRESS, node_id_of("test-client", Role.CLIENT)]
         await attempt_all(victim.address, files_of("test-client", Role.CLIENT), [
             Attempt("notify", [myself], NODES_ONLY),
             Attempt("consider_successor", [myself], NODES_ONLY),
             Attempt("successor_leaving", [myself, [[FAKE_ADDRESS, (me.id + 1) % SPACE.size]]], NODES_ONLY),
             Attempt("predecessor_leaving", [myself, [FAKE_ADDRESS, (me.id - 1) % SPACE.size]], NODES_ONLY),
-            Attempt("prove_blocks", [bytes(16), [stored]], NODES_ONLY),
+            Attempt("prove_blocks", [bytes(16), [stored]], None),
             Attempt("digests", [me.id, me.id, 4], NODES_ONLY),
             Attempt("list_keys", [me.id, me.id], NODES_ONLY),
             Attempt("ping", [], None),

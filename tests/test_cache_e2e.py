@@ -314,3 +314,79 @@ async def test_cdn_cache_control_overrides_cache_control(edge: EdgeUnderTest) ->
     result = await edge.run_case([{"headers": headers}] * 2)
     assert_forwarded(result[0], result)
     assert_hit(result[1], result)
+
+
+# -- optional parts of RFC 9111 done by the edge -------------------------------------------
+
+
+async def test_a_clients_if_none_match_goes_upstream_on_a_miss(edge: EdgeUnderTest) -> None:
+    """RFC 9111 §4.3.2 (a cache may forward a request's preconditions when it has no
+    stored response to evaluate them against): the origin's 304 reaches the client
+    and no body is sent; the 304 itself is not stored."""
+    steps = [{"status": 304, "headers": [["ETag", '"v1"'], FRESH]}, {"headers": [FRESH, ["ETag", '"v1"']], "body": "whole"}]
+    result = await edge.run_case(steps, [{"headers": {"If-None-Match": '"v1"'}}, None])
+    first, second = result
+    assert first.status == 304 and first.body == b"", str(result)
+    assert result.state[0]["headers"].get("if-none-match") == '"v1"', f"the client's entity tag must reach the origin:\n{result}"
+    assert second.status == 200 and second.body == b"whole", f"a 304 must not be stored as the response:\n{result}"
+
+
+async def test_a_slow_origins_answer_carries_its_age(edge: EdgeUnderTest) -> None:
+    """RFC 9111 §4.2.3 and §5.1: the time an answer took counts toward its age
+    (corrected_age_value), so a forwarded answer that took 1.5 s says Age: 1, and
+    the hits after it are no younger."""
+    result = await edge.run_case([{"headers": [FRESH], "pause": 1.5}, {}])
+    first, second = result
+    assert_forwarded(first, result)
+    assert first.header("age") == "1", f"the forwarded answer took 1.5 s; its Age must say so:\n{result}"
+    assert_hit(second, result)
+    assert int(second.header("age") or 0) >= 1, str(result)
+
+
+async def test_a_head_for_a_stale_response_goes_up_as_head_and_freshens_it(edge: EdgeUnderTest) -> None:
+    """RFC 9111 §4.3.5: a 200 to an inbound HEAD whose validators and length match
+    the stored response updates it as a 304 would; no body is fetched."""
+    steps = [
+        {"headers": [["Cache-Control", "max-age=1"], ["ETag", '"h1"'], ["X-Version", "1"]], "body": "stored body"},
+        {"headers": [FRESH, ["ETag", '"h1"'], ["X-Version", "2"], ["Content-Length", "11"]]},
+    ]
+    requests = [{"sleep_after": STALE_WAIT}, {"method": "HEAD"}, {"num": 3}]
+    result = await edge.run_case(steps, requests)
+    first, head, third = result
+    assert first.status == 200 and head.status == 200 and head.body == b"", str(result)
+    assert [entry["method"] for entry in result.state] == ["GET", "HEAD"], f"the HEAD must go upstream as a HEAD:\n{result}"
+    assert head.header("x-version") == "2", str(result)
+    assert third.status == 200 and third.body == b"stored body" and third.header("x-version") == "2", f"the HEAD must freshen the stored response:\n{result}"
+    assert result.origin_nums == [1, 2], f"the GET after it must be a hit:\n{result}"
+
+
+async def test_a_head_whose_etag_differs_leaves_the_stored_response_stale(edge: EdgeUnderTest) -> None:
+    """RFC 9111 §4.3.5: a HEAD answer for another version does not update the
+    stored response; the next GET goes upstream."""
+    steps = [
+        {"headers": [["Cache-Control", "max-age=1"], ["ETag", '"old"']], "body": "old body"},
+        {"headers": [FRESH, ["ETag", '"new"']]},
+        {"headers": [FRESH, ["ETag", '"new"']], "body": "new body"},
+    ]
+    result = await edge.run_case(steps, [{"sleep_after": STALE_WAIT}, {"method": "HEAD"}, None])
+    assert result[2].body == b"new body" and result.origin_nums == [1, 2, 3], str(result)
+
+
+async def test_a_post_answer_with_freshness_and_its_own_content_location_serves_a_later_get(edge: EdgeUnderTest) -> None:
+    """RFC 9110 §9.3.3 (a POST response is cacheable with explicit freshness and a
+    Content-Location equal to the POST's target) and RFC 9111 §4.4 (the POST first
+    invalidates the target; the new answer then stands for it)."""
+    case_id = new_case_id()
+    steps = [{"headers": [FRESH, ["Content-Location", f"/test/{case_id}"]], "body": "made by POST"}]
+    result = await edge.run_case(steps, [{"method": "POST", "body": "input"}, {"num": 2}], case_id=case_id)
+    posted, got = result
+    assert posted.status == 200 and posted.body == b"made by POST", str(result)
+    assert got.status == 200 and got.body == b"made by POST", f"the GET must be answered by the stored POST response:\n{result}"
+    assert result.origin_nums == [1], str(result)
+
+
+async def test_a_post_answer_naming_another_url_is_not_kept_for_this_one(edge: EdgeUnderTest) -> None:
+    """RFC 9110 §9.3.3: Content-Location must be the POST's own target."""
+    steps = [{"headers": [FRESH, ["Content-Location", "/elsewhere"]], "body": "made by POST"}, {"headers": [FRESH], "body": "by GET"}]
+    result = await edge.run_case(steps, [{"method": "POST", "body": "input"}, None])
+    assert result[1].body == b"by GET" and result.origin_nums == [1, 2], str(result)

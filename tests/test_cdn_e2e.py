@@ -5,7 +5,6 @@ SIGTERM."""
 from __future__ import annotations
 
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -16,20 +15,14 @@ import trio
 
 from dht.identity import Role
 
-from .processes import CHORDCDN, chordcdn, credential_flags, node_processes
+from .processes import CHORDCDN, chordcdn, credential_flags, node_processes, read_ready_line
 
-LISTENING = re.compile(rb"listening on (127\.0\.0\.1:\d+)")
 
 
 async def start(*args: str) -> tuple[trio.Process, str]:
     process = await trio.lowlevel.open_process([CHORDCDN, "--log-level", "WARNING", *args], stdout=subprocess.PIPE)
-    output = b""
-    with trio.fail_after(20):
-        while not LISTENING.search(output):
-            chunk = await process.stdout.receive_some(4096)  # type: ignore[union-attr]
-            assert chunk, f"{args[0]} exited before it was ready: {output!r}"
-            output += chunk
-    return process, LISTENING.search(output).group(1).decode()  # type: ignore[union-attr]
+    address, _ = await read_ready_line(process, 20)
+    return process, address
 
 
 def free_port() -> int:

@@ -128,7 +128,7 @@ async def test_a_dead_peer_is_skipped_and_a_dead_origin_gives_502(nursery: trio.
     fell_back = await get(edge_url(other) + "/p.bin")
     assert fell_back.status_code == 200 and tier_of(fell_back) == "origin"
 
-    other.config.origin = "http://127.0.0.1:9"
+    other.upstreams.origin = "http://127.0.0.1:9"
     missing = await get(edge_url(other) + "/never-fetched")
     assert missing.status_code == 502 and tier_of(missing) == "error"
 
@@ -137,14 +137,14 @@ async def test_stale_is_served_when_the_origin_dies(nursery: trio.Nursery, origi
     origin.add("/s.bin", SMALL, cache_control="max-age=0")
     (edge,) = await start_edges(nursery, origin.url, 1)
     assert (await get(edge_url(edge) + "/s.bin")).status_code == 200
-    edge.config.origin = "http://127.0.0.1:9"
+    edge.upstreams.origin = "http://127.0.0.1:9"
     stale = await get(edge_url(edge) + "/s.bin")
     assert stale.status_code == 200 and stale.content == SMALL and tier_of(stale) == "stale-if-error"
 
     origin.add("/m.bin", SMALL, cache_control="max-age=0, must-revalidate")
-    edge.config.origin = origin.url
+    edge.upstreams.origin = origin.url
     await get(edge_url(edge) + "/m.bin")
-    edge.config.origin = "http://127.0.0.1:9"
+    edge.upstreams.origin = "http://127.0.0.1:9"
     assert (await get(edge_url(edge) + "/m.bin")).status_code == 502
 
 
@@ -252,3 +252,14 @@ async def test_a_parent_edge_is_asked_before_the_origin(nursery: trio.Nursery, o
     again = await get(edge_url(second_child[0]) + "/p")
     assert tier_of(again) == "parent" and again.headers.get_list("cache-status")[0] == "e0; hit; detail=memory"
     assert origin.bodies_served["/p"] == 1
+
+
+async def test_a_revalidation_counts_as_an_origin_fetch(nursery: trio.Nursery, origin: CountingOrigin) -> None:
+    """A 304 from the origin is a fetch from the origin: /metrics says so."""
+    origin.add("/v.txt", b"validated", cache_control="max-age=0")
+    (edge,) = await start_edges(nursery, origin.url, 1)
+    assert (await get(edge_url(edge) + "/v.txt")).status_code == 200
+    again = await get(edge_url(edge) + "/v.txt")
+    assert again.status_code == 200 and again.content == b"validated" and "revalidated" in again.headers["cache-status"]
+    metrics = (await get(edge_url(edge) + "/metrics")).text
+    assert 'chordcdn_edge_upstream_fetches_total{edge="e0",tier="origin"} 2.0' in metrics, metrics

@@ -75,6 +75,8 @@ async def test_content_by_cid_whole_ranged_and_head(nursery: trio.Nursery, publi
         assert whole.status_code == 200 and whole.content == LARGE
         assert whole.headers["etag"] == f'"{cid}"'
         assert "immutable" in whole.headers["cache-control"]
+        cached = await client.get(url)
+        assert cached.content == LARGE and tier_of(cached) == "memory", "an immutable answer by CID is kept in the edge's tiers"
         middle = 2 * 1024 * 1024
         ranged = await client.get(url, headers={"Range": f"bytes={middle}-{middle + 999}"})
         assert ranged.status_code == 206 and ranged.content == LARGE[middle : middle + 1000]

@@ -154,7 +154,7 @@ async def test_ring_handlers_take_any_node_reference(method: str, args: list[Any
 def test_forbidden_roles_are_refused_before_any_argument_is_read() -> None:
     node = lone_storing_node()
     reader, client = CALLERS[3], CALLERS[2]
-    for method, caller in [("put_block", reader), ("notify", client), ("notify", reader), ("prove_blocks", client),
+    for method, caller in [("put_block", reader), ("notify", client), ("notify", reader), ("prove_blocks", reader),
                            ("digests", reader), ("list_keys", client), ("consider_successor", client)]:
         with pytest.raises(messages.Forbidden, match=method):
             node.handle(caller, method, ["anything"])

@@ -277,12 +277,12 @@ A, B, C = NODE.children
 
 
 def test_child_spans_offsets_are_relative_to_each_child() -> None:
-    assert child_spans(NODE, 0, 10) == [Span(A, 0, 4), Span(B, 0, 4), Span(C, 0, 2)]
-    assert child_spans(NODE, 1, 3) == [Span(A, 1, 3)]
-    assert child_spans(NODE, 3, 9) == [Span(A, 3, 4), Span(B, 0, 4), Span(C, 0, 1)]
-    assert child_spans(NODE, 4, 8) == [Span(B, 0, 4)]
-    assert child_spans(NODE, 7, 10) == [Span(B, 3, 4), Span(C, 0, 2)]
-    assert child_spans(NODE, 8, 10) == [Span(C, 0, 2)]
+    assert child_spans(NODE, 0, 10) == [Span(A, 0, 4, 0), Span(B, 0, 4, 4), Span(C, 0, 2, 8)]
+    assert child_spans(NODE, 1, 3) == [Span(A, 1, 3, 0)]
+    assert child_spans(NODE, 3, 9) == [Span(A, 3, 4, 0), Span(B, 0, 4, 4), Span(C, 0, 1, 8)]
+    assert child_spans(NODE, 4, 8) == [Span(B, 0, 4, 4)]
+    assert child_spans(NODE, 7, 10) == [Span(B, 3, 4, 4), Span(C, 0, 2, 8)]
+    assert child_spans(NODE, 8, 10) == [Span(C, 0, 2, 8)]
 
 
 @pytest.mark.parametrize("at", [0, 4, 8, 10])

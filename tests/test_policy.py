@@ -8,10 +8,11 @@ import pytest
 
 from edge.httpserver import Headers
 from edge.policy import (
-    NO_REQUEST_RULES, RequestRules, ResponseRules, Reuse, http_date, initial_age, invalidated, parse_cache_control,
-    request_rules, response_rules, reuse, secondary_key, stale_on_error, storable, stored_fields, updated_fields,
-    validators_of, vary_names,
+    NO_REQUEST_RULES, RequestRules, ResponseRules, Reuse, delta_seconds, http_date, initial_age, invalidated, parse_cache_control,
+    head_freshens, request_rules, response_rules, reuse, reusable_post, stale_on_error, storable, stored_fields, updated_fields,
+    validators_of,
 )
+from edge.vary import secondary_key, vary_names
 
 NOW = 1_800_000_000.0
 Pairs = list[tuple[str, str]]
@@ -78,6 +79,14 @@ def test_huge_delta_seconds_capped() -> None:
     assert lifetime_of(("Cache-Control", "max-age=99999999999999999999"))[0] == 2**31
 
 
+@pytest.mark.parametrize(("text", "expected"), [("9" * 5000, 2**31), ("0" * 5000, 0), ("0" * 5000 + "60", 60), ("2147483648", 2**31)])
+def test_delta_seconds_of_thousands_of_digits(text: str, expected: int) -> None:
+    """RFC 9111 §1.2.2: 1*DIGIT has no length limit, and a value past 2**31 is 2**31;
+    Python's int() refuses more than 4300 digits, which must not become an error."""
+    assert delta_seconds(text) == expected
+    assert initial_age(fields(("Age", text), date=None), NOW, NOW) == float(expected)
+
+
 def test_escaped_quote_inside_quoted_string() -> None:
     """RFC 9110 §5.6.4: quoted-string = DQUOTE *( qdtext / quoted-pair ) DQUOTE, so `\\"`
     does not end the string and the following no-store (RFC 9111 §5.2.2.5) applies."""
@@ -121,6 +130,22 @@ def test_bad_or_past_expires_is_stale_and_not_heuristic(expires: list[str]) -> N
     """RFC 9111 §5.3: invalid Expires (esp. "0") means in the past; §4.2.1: several values →
     may be considered stale; §4.2.2: no heuristic when explicit expiration is present."""
     assert lifetime_of(*[("Expires", e) for e in expires], LAST_MODIFIED) == (0.0, False)
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994", "SUN, 06 NOV 1994 08:49:37 gmt", "sunday, 06-nov-94 08:49:37 GMT"],
+    ids=["rfc850", "asctime", "imf-upper-case", "rfc850-lower-case"],
+)
+def test_obsolete_and_wrong_case_expires_and_date_accepted(form: str) -> None:
+    """RFC 9110 §5.6.7: recipients accept the obsolete rfc850-date and asctime-date
+    forms; RFC 9111 §4.2: a cache matches dates case-insensitively. An Expires
+    (and a Date) in any of them gives Expires − Date (§4.2.1)."""
+    t = 784111777.0  # the RFC's example instant
+    expires = ("Expires", http_date(t + 600))
+    assert response_rules(200, [("Date", form), expires]).lifetime == 600.0
+    assert response_rules(200, [("Date", http_date(t - 60)), ("Expires", form)]).lifetime == 60.0
+    assert initial_age([("Date", form)], t + 5, t + 5) == 5.0
 
 
 def test_expires_measured_against_date_not_clock() -> None:
@@ -190,6 +215,16 @@ def test_cdn_directive_of_wrong_type_dropped() -> None:
     assert not can_store(("CDN-Cache-Control", 'max-age="10000"'), ("Cache-Control", "no-store"))
     # The field is still valid, so Cache-Control's max-age is ignored too.
     assert lifetime_of(("CDN-Cache-Control", 'max-age="10000", public'), ("Cache-Control", "max-age=60")) == (0.0, False)
+
+
+@pytest.mark.parametrize("cdn", ["Max-Age=600", "MAX-AGE=600, Public", 'max-age=600, X-Note="Keep Case"'])
+def test_cdn_cache_control_directive_names_case_insensitive(cdn: str) -> None:
+    """RFC 9111 §5.2 ("Cache directives are identified by a token, to be compared
+    case-insensitively"), which RFC 9213 §2.1 carries over to CDN-Cache-Control:
+    `Max-Age` is max-age, though Structured Fields keys are lower-case only."""
+    assert lifetime_of(("CDN-Cache-Control", cdn), ("Cache-Control", "no-store")) == (600.0, False)
+    assert can_store(("CDN-Cache-Control", cdn), ("Cache-Control", "no-store"))
+    assert not can_store(("CDN-Cache-Control", "Max-Age=600, No-Store"), ("Cache-Control", "max-age=60"))
 
 
 def test_cdn_max_age_zero_beats_future_expires() -> None:
@@ -427,6 +462,13 @@ def test_location_invalidated_only_on_same_origin(location: str, expected: list[
     assert invalidated("PUT", 204, "/a", [("Content-Location", location)], AUTHORITIES) == expected
 
 
+@pytest.mark.parametrize("location", ["http://[::1", "http://[zz]/x", "//[/", "http://a\uff03b/"])
+def test_unparseable_location_is_not_invalidated(location: str) -> None:
+    """RFC 9111 §4.4: only a URI that names the same origin is invalidated; one that
+    cannot be parsed names none (and is no reason to fail the response)."""
+    assert invalidated("POST", 201, "/a", [("Location", location), ("Content-Location", "/b")], AUTHORITIES) == ["/a", "/b"]
+
+
 @pytest.mark.parametrize(("method", "status"), [("POST", 404), ("DELETE", 500), ("GET", 200), ("HEAD", 200), ("OPTIONS", 200), ("TRACE", 200)])
 def test_no_invalidation_on_errors_or_safe_methods(method: str, status: int) -> None:
     """RFC 9111 §4.4: only a non-error status to an unsafe method invalidates."""
@@ -452,3 +494,70 @@ def test_secondary_key_normalisation() -> None:
     assert one_line == two_lines
     assert one_line != secondary_key(names_, Headers([("Foo", "2, 1"), ("Accept", "text/html")]))
     assert secondary_key(("foo",), Headers([])) != secondary_key(("foo",), Headers([("Foo", "")]))
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("en-US, fr;q=0.5", "fr;q=0.5,en-us", True),  # member order across weights, case
+        ("en-US, fr;q=0.5", "EN-us , FR ; Q=0.500", True),  # how a weight is written
+        ("de;q=1.0, en;q=0", "de, en;q=0.000", True),
+        ("en, fr", "fr, en", False),  # equal weights: order may break the tie
+        ("en;q=0.5", "en;q=0.6", False),
+        ("en", "en-gb", False),
+    ],
+)
+def test_accept_language_normalised_for_vary(one: str, other: str, same: bool) -> None:
+    """RFC 9111 §4.1 (a cache MAY normalise the selecting fields' values, e.g. by
+    reordering or changing case where the field's semantics allow); RFC 9110
+    §12.5.4 (language ranges are case-insensitive) and §12.4.2 (q is
+    case-insensitive, weight 1 is the default, members rank by weight)."""
+    def key(value: str) -> str:
+        return secondary_key(("accept-language",), Headers([("Accept-Language", value)]))
+
+    assert (key(one) == key(other)) is same
+
+
+# -- §4.3.5: freshening with HEAD -----------------------------------------------------------
+
+STORED_HEAD = [("ETag", '"v1"'), ("Last-Modified", "Mon, 02 Nov 2026 10:00:00 GMT")]
+
+
+@pytest.mark.parametrize(
+    "head, size, freshens",
+    [
+        ([("ETag", '"v1"')], 10, True),  # the validators it carries match, the length too
+        ([], None, True),  # no validators, no length: nothing contradicts the stored one
+        ([("ETag", '"v2"')], 10, False),
+        ([("ETag", '"v1"'), ("Last-Modified", "Tue, 03 Nov 2026 10:00:00 GMT")], 10, False),
+        ([("ETag", '"v1"')], 11, False),  # same tag, but a Content-Length that differs
+        ([("ETag", 'W/"v1"')], 10, False),  # a weak tag is another value (§4.3.5 compares values)
+    ],
+)
+def test_a_head_answer_freshens_only_a_matching_stored_response(head: list[tuple[str, str]], size: int | None, freshens: bool) -> None:
+    """RFC 9111 §4.3.5: update when each received validator matches and the
+    Content-Length, if sent, matches; otherwise the stored response stays stale."""
+    assert head_freshens(STORED_HEAD, 10, head, size) is freshens
+
+
+# -- RFC 9110 §9.3.3: a POST's answer reused for GET ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, fields, reusable",
+    [
+        (200, [("Cache-Control", "max-age=60"), ("Content-Location", "/p")], True),
+        (200, [("Cache-Control", "max-age=60"), ("Content-Location", "http://origin.example/p")], True),
+        (200, [("Expires", "Thu, 01 Jan 2099 00:00:00 GMT"), ("Date", "Mon, 02 Nov 2026 10:00:00 GMT"), ("Content-Location", "p")], True),
+        (200, [("Cache-Control", "max-age=60")], False),  # no Content-Location
+        (200, [("Cache-Control", "max-age=60"), ("Content-Location", "/other")], False),
+        (200, [("Cache-Control", "max-age=60"), ("Content-Location", "http://evil.example/p")], False),
+        (200, [("Last-Modified", "Mon, 02 Nov 2020 10:00:00 GMT"), ("Content-Location", "/p")], False),  # heuristic only
+        (200, [("Cache-Control", "max-age=0"), ("Content-Location", "/p")], False),
+        (201, [("Cache-Control", "max-age=60"), ("Content-Location", "/p")], False),
+    ],
+)
+def test_a_post_answer_is_reusable_only_with_explicit_freshness_and_its_own_location(
+    status: int, fields: list[tuple[str, str]], reusable: bool
+) -> None:
+    assert reusable_post(status, "/p", fields, ["origin.example"]) is reusable

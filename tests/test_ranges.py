@@ -17,6 +17,7 @@ from edge.ranges import (
     MultipartPlan,
     RangeNotSatisfiable,
     coalesce,
+    is_field_value,
     new_boundary,
     parse_range,
     plan_multipart,
@@ -270,6 +271,14 @@ def test_multipart_without_part_content_type_rfc9110_14_6() -> None:
     assert plan.content_length == len(plan.parts[0][0]) + 1 + len(b"\r\n--x--\r\n")
 
 
+def test_part_content_type_may_carry_obs_text_rfc9110_5_5_14_6() -> None:
+    """RFC 9110 §5.5: a field value is VCHAR, obs-text (%x80-FF), SP and HTAB, so a
+    Content-Type an origin sent in latin-1 is repeated in each part byte for byte."""
+    plan = plan_multipart([br(0, 0)], 5, "text/plain; title=caf\u00e9\tx", "x")
+    assert plan.parts[0][0] == b"\r\n--x\r\nContent-Type: text/plain; title=caf\xe9\tx\r\nContent-Range: bytes 0-0/5\r\n\r\n"
+    assert [is_field_value(v) for v in ("a\xff b\t", "", "a\rb", "a\x00", "a\x7f", "\u0100")] == [True, True, False, False, False, False]
+
+
 def test_boundary_needing_quotes_is_quoted_in_header_rfc2046_5_1_1() -> None:
     plan = plan_multipart([br(0, 0)], 5, "text/plain", "a:b c")
     assert plan.content_type == 'multipart/byteranges; boundary="a:b c"'
@@ -289,8 +298,10 @@ def test_multipart_rejects_nonsense() -> None:
         plan_multipart([], 5, "text/plain", "x")
     with pytest.raises(ValueError, match="does not fit"):
         plan_multipart([br(0, 5)], 5, "text/plain", "x")
-    with pytest.raises(ValueError, match="printable ASCII"):
+    with pytest.raises(ValueError, match="field value"):
         plan_multipart([br(0, 0)], 5, "text/plain\r\nX-Injected: 1", "x")
+    with pytest.raises(ValueError, match="field value"):
+        plan_multipart([br(0, 0)], 5, "text/\u0100", "x")  # beyond latin-1: no wire form
     with pytest.raises(TypeError):
         plan_multipart([(0, 1)], 5, "text/plain", "x")  # type: ignore[list-item]
 

@@ -50,6 +50,13 @@ def test_format_rejects_nonsense_rfc9110_5_6_7(ts: object, error: type[Exception
         format_http_date(ts)  # type: ignore[arg-type]
 
 
+def test_format_names_a_huge_integer_by_its_size() -> None:
+    """A 5000-digit int cannot even be repr()'d (Python's 4300-digit limit): the
+    error must still be the ValueError of §5.6.7's range, with a printable message."""
+    with pytest.raises(ValueError, match="16610-bit integer is outside years 1-9999"):
+        format_http_date(10**5000)
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -81,7 +88,8 @@ def test_parse_round_trips_format_rfc9110_5_6_7() -> None:
         "Sun, 06 Nov 1994 08:60:00 GMT",
         "Sun, 06 Nov 1994 08:49:37 UTC",  # only GMT
         "Sun, 06 Nov 1994 08:49:37 +0000",
-        "sun, 06 nov 1994 08:49:37 gmt",  # names are case-sensitive
+        "\u017fun, 06 Nov 1994 08:49:37 GMT",  # long s: only ASCII letters fold
+        "Sun, 06 \u212aov 1994 08:49:37 GMT",  # nor does the Kelvin sign
         "Sun, 6 Nov 1994 08:49:37 GMT",  # IMF day is 2DIGIT
         "Sun,  06 Nov 1994 08:49:37 GMT",
         "Sun, 06 Nov 94 08:49:37 GMT",
@@ -97,6 +105,24 @@ def test_parse_round_trips_format_rfc9110_5_6_7() -> None:
 )
 def test_garbage_dates_are_none_rfc9110_5_6_7(text: str | None) -> None:
     assert parse_http_date(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sun, 06 nov 1994 08:49:37 gmt",
+        "SUN, 06 NOV 1994 08:49:37 GMT",
+        "sUn, 06 nOv 1994 08:49:37 Gmt",
+        "SUNDAY, 06-NOV-94 08:49:37 GMT",  # obsolete RFC 850, wrong case
+        "sunday, 06-nov-94 08:49:37 gmt",
+        "SUN NOV  6 08:49:37 1994",  # asctime, wrong case
+    ],
+)
+def test_wrong_case_dates_are_accepted_rfc9111_4_2_rfc9110_5_6_7(text: str) -> None:
+    """RFC 9111 §4.2: "Although all date formats are specified to be case-sensitive,
+    a cache recipient SHOULD match the field value case-insensitively"; RFC 9110
+    §5.6.7 asks recipients to be robust and to accept the obsolete forms."""
+    assert parse_http_date(text) == float(T)
 
 
 def test_leap_second_is_accepted_rfc9110_5_6_7() -> None:
@@ -286,13 +312,50 @@ def test_failed_if_match_wins_over_if_none_match_rfc9110_13_2_2() -> None:
     assert pre("GET", If_Match='"v9"', If_None_Match='"v1"') == 412
 
 
+@pytest.mark.parametrize("stored", ["abcdef", 'w/"abcdef"', 'W\\"abcdef"', 'W"abcdef"'])
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_malformed_stored_etag_never_matches_if_none_match_rfc9110_8_8_3_13_1_2(stored: str, method: str) -> None:
+    """RFC 9110 §8.8.3: entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE, so an unquoted
+    tag, a lower-case `w/`, a backslash or no slash make no entity-tag; §13.1.2:
+    If-None-Match is then false for every listed tag (the 200 is sent), and "*"
+    is true for any current representation (304). Never an exception."""
+    for listed in ('"abcdef"', 'W/"abcdef"', stored, f'"x", {stored}'):
+        assert pre(method, etag=stored, If_None_Match=listed) is None
+    assert pre(method, etag=stored, If_None_Match="*") == 304
+
+
+@pytest.mark.parametrize("stored", ["abcdef", 'w/"abcdef"', 'W\\"abcdef"', 'W"abcdef"'])
+def test_malformed_stored_etag_never_matches_if_match_or_if_range_rfc9110_13_1_1_13_1_5(stored: str) -> None:
+    """RFC 9110 §13.1.1: If-Match with tags fails (412) when none strongly matches,
+    and "*" passes while a representation exists; §13.1.5: If-Range needs a strong
+    match, so the whole representation is sent."""
+    assert pre("GET", etag=stored, If_Match='"abcdef"') == 412
+    assert pre("GET", etag=stored, If_Match="*") is None
+    assert if_range_allows('"abcdef"', stored, T) is False
+
+
+def test_if_modified_since_without_last_modified_uses_date_rfc9111_4_3_2() -> None:
+    """RFC 9111 §4.3.2: "If a request contains an If-Modified-Since header field and
+    the Last-Modified header field is not present in a stored response, a cache
+    SHOULD use the stored response's Date field value" to evaluate it. Only for
+    If-Modified-Since: If-Unmodified-Since still needs Last-Modified (§13.1.4)."""
+    def ims(method: str, since: str, date: float, last_modified: float | None = None) -> int | None:
+        return evaluate_preconditions(method, {"If-Modified-Since": since}, None, last_modified, date=date)
+
+    assert ims("GET", T_TEXT, T) == 304
+    assert ims("HEAD", LATER, T + 0.5) == 304
+    assert ims("GET", EARLIER, T) is None
+    assert ims("GET", T_TEXT, T, last_modified=T + 10) is None  # a Last-Modified wins
+    assert evaluate_preconditions("DELETE", {"If-Unmodified-Since": EARLIER}, None, None, date=T) is None
+
+
 def test_header_lookup_falls_back_to_lower_case_names() -> None:
     assert evaluate_preconditions("GET", {"if-none-match": '"v1"'}, '"v1"', None) == 304
 
 
 def test_preconditions_reject_nonsense_arguments() -> None:
-    with pytest.raises(ValueError, match="wire form"):
-        evaluate_preconditions("GET", {}, "v1", None)
+    with pytest.raises(TypeError, match="wire form"):
+        evaluate_preconditions("GET", {}, 5, None)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         evaluate_preconditions("GET", {}, None, "yesterday")  # type: ignore[arg-type]
 

@@ -105,7 +105,7 @@ async def _start_edges(
     cluster: list[Edge] = []
     for index in range(count):
         config = EdgeConfig(
-            name=f"edge-{index}", origin=origin_url, dht=ring[index % len(ring)].me.address,
+            name=f"edge-{index}", origin=origin_url, dht=_contacts(ring, index),
             memory_budget=128 * 1024**2, disk_dir=str(scratch / f"edge-{index}"), disk_budget=512 * 1024**2,
         )
         reader = pki.credentials(f"edge-{index}", Role.READER)
@@ -114,6 +114,11 @@ async def _start_edges(
     for edge in cluster:
         edge.set_peers(urls)
     return cluster
+
+
+def _contacts(ring: list[ChordNode], index: int) -> tuple[str, ...]:
+    """Edge `index`'s ring contacts: a node of its own first, then the next one to fail over to."""
+    return tuple(ring[(index + offset) % len(ring)].me.address for offset in range(min(2, len(ring))))
 
 
 async def _check(cluster: list[Edge], files: dict[str, int], report: Report) -> bool:

@@ -132,7 +132,10 @@ def _unknown(key: str, value: object, keys: dict[str, argparse.Action], prog: st
 
 
 def _convert(where: str, action: argparse.Action, value: object) -> object:
-    """The default to install for one key: flags take booleans, append/extend take arrays."""
+    """The default to install for one key: flags take booleans, append takes arrays,
+    extend a string or an array."""
+    if isinstance(action, argparse._ExtendAction) and action.nargs is None:
+        return _extended(where, action, value)
     if isinstance(action, _FLAGS):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: must be true or false, got {_describe(value)}")
@@ -147,6 +150,17 @@ def _convert(where: str, action: argparse.Action, value: object) -> object:
     if type(action) is not argparse._StoreAction:
         raise ConfigError(f"{where}: {action.option_strings[-1]} cannot be set from a config file")
     return _scalar(where, action, value, raw=True)
+
+
+def _extended(where: str, action: argparse.Action, value: object) -> list[object]:
+    """An extend option's items as the command line gives them: a string is the option
+    given once, an array's items each once; each is converted and its items added."""
+    items = value if isinstance(value, list) else [value]
+    found: list[object] = []
+    for index, item in enumerate(items):
+        converted = _scalar(f"{where}, item {index + 1}" if isinstance(value, list) else where, action, item, raw=False)
+        found.extend(converted if isinstance(converted, (list, tuple)) else [converted])
+    return found
 
 
 def _scalar(where: str, action: argparse.Action, value: object, raw: bool) -> object:

@@ -6,6 +6,10 @@
 - `run_wrk` / `parse_wrk`: one wrk run and its figures (Requests/sec, Transfer/sec,
   latency, errors). wrk prints sizes in binary units: its "MB" is 2^20 bytes.
 - `free_port`, `is_listening`: pick a loopback port, and check that nothing is left on it.
+- `ListenQueue`: sample a listening socket's accept queue (connections the kernel
+  has set up that the server has not accepted yet) while a load runs.
+- `install_missing`: Debian's packages for missing commands (wrk, nginx), through
+  dev.py's installer, as root.
 
 Nothing here prints: the benchmarks report.
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
+import importlib.util
 import os
 import re
 import resource
@@ -23,6 +28,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +37,7 @@ from typing import Any, Iterator, Sequence
 
 from tools.argtypes import integer, positive
 
+ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 POLL = 0.05
@@ -58,6 +65,65 @@ def is_listening(host: str, port: int, timeout: float = 0.5) -> bool:
             return True
     except OSError:
         return False
+
+
+class ListenQueue:
+    """While the block runs, sample every `period` seconds how many connections wait
+    in the accept queue of the socket listening on `port` (`ss`'s Recv-Q)."""
+
+    def __init__(self, port: int, period: float = 0.1) -> None:
+        self.port = port
+        self.period = period
+        self.samples: list[tuple[float, int]] = []  # (seconds since the start, queued)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> ListenQueue:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.period):
+            queued = accept_queue(self.port)
+            if queued is not None:
+                self.samples.append((time.monotonic() - self._started, queued))
+
+    @property
+    def most(self) -> int:
+        return max((queued for _, queued in self.samples), default=0)
+
+    @property
+    def busy_until(self) -> float:
+        """Seconds from the start to the last sample with a connection waiting (0: none seen)."""
+        return max((at for at, queued in self.samples if queued), default=0.0)
+
+
+def accept_queue(port: int) -> int | None:
+    """Connections waiting to be accepted on the TCP socket listening on `port`."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        done = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, timeout=5, check=False)
+        fields = done.stdout.split()
+        if len(fields) >= 2 and fields[1].isdigit():
+            return int(fields[1])
+    return None
+
+
+def install_missing(commands: dict[str, str]) -> None:
+    """Install the Debian package of each missing command ({command: package})
+    through dev.py's `ensure_debian_packages`, which does so only as root with apt-get."""
+    if all(shutil.which(command) for command in commands):
+        return
+    spec = importlib.util.spec_from_file_location("chordcdn_dev", ROOT / "dev.py")
+    if spec is None or spec.loader is None:
+        return
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    dev.ensure_debian_packages(commands)
 
 
 # -- child processes -------------------------------------------------------------------------
