@@ -48,6 +48,9 @@ class Fetch:
     error: UpstreamError | None = None
     conditional: bool = False  # the leader's If-None-Match goes upstream (a miss; not shared)
     initial_age: float = 0.0  # the answer's corrected initial age (RFC 9111 §4.2.3)
+    extra: tuple[tuple[str, str], ...] = ()  # fields of this fetch's own (a Range for pieces)
+    request_time: float = 0.0
+    response_time: float = 0.0
 
     def serves(self, request: Request) -> bool:
         """May this fetch's answer serve `request` too? Only if a shared cache could
@@ -86,13 +89,16 @@ class Fetcher:
         if key not in self.inflight:
             self.start(key, request, found, shared=True)
 
-    def start(self, key: str, request: Request, found: Found | None, shared: bool, relay: bool = False, conditional: bool = False) -> Fetch:
+    def start(
+        self, key: str, request: Request, found: Found | None, shared: bool, relay: bool = False, conditional: bool = False,
+        extra: tuple[tuple[str, str], ...] = (),
+    ) -> Fetch:
         """Fetch in the edge's nursery; with `relay`, the leader's client is waiting
         and gets the interim responses. A `conditional` fetch (a miss whose client
         sent If-None-Match) passes the client's entity tags on, so that an origin
         holding the same version answers 304 and sends no body (RFC 9111 §4.3.2);
-        its answer serves that client alone."""
-        fetch = Fetch(key, request, conditional=conditional)
+        its answer serves that client alone. `extra` fields go upstream too."""
+        fetch = Fetch(key, request, conditional=conditional, extra=extra)
         if shared:
             self.inflight[key] = fetch
         self.nursery.start_soon(self._lead, fetch, found, relay_interim(request) if relay else None)
@@ -106,9 +112,10 @@ class Fetcher:
                 fields = passed_fields(request.headers.items(), self.via, NOT_FORWARDED - {"if-none-match"} if fetch.conditional else NOT_FORWARDED)
                 if found is not None:
                     fields += validators_of(found.stored.headers)
-                request_time = time.time()
+                fields += fetch.extra
+                fetch.request_time = request_time = time.time()
                 answer = await self.upstreams.ask("GET", request.target, fields, stack, b"", EDGE_HEADER in request.headers, on_interim)
-                response_time = time.time()
+                fetch.response_time = response_time = time.time()
                 self.metrics.upstream(answer.tier)
                 if answer.status == 304 and found is not None:  # our validators matched
                     fetch.revalidated = self.refresh(found, request_time, response_time, answer.headers)

@@ -104,6 +104,7 @@ class Server:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         connection = HttpConnection(SocketChannel(sock), self.handler, self.limits, _client_name(address), self)
         self.connections.add(connection)
+        self.idle(connection)  # idle until its first request, even before its task first runs
         nursery.start_soon(self._run, connection)
 
     async def _run(self, connection: HttpConnection) -> None:

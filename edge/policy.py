@@ -238,9 +238,9 @@ def _argument(directives: Directives, name: str, invalid: float | None) -> float
 
 def storable(method: str, status: int, request: RequestRules, headers: Fields, has_authorization: bool, lifetime: float) -> bool:
     """May a shared cache store this response (§3)? Only final responses to GET;
-    never a 206 (this cache keeps whole representations only) nor a 304; not
-    when either side says no-store (unless must-understand is honoured, §5.2.2.3)
-    nor private; for a request with Authorization, only when the response allows
+    never a 206 as a whole response (`pieces.keepable_piece` keeps it as a piece)
+    nor a 304; not when either side says no-store (unless must-understand is
+    honoured, §5.2.2.3) nor private; for a request with Authorization, only when the response allows
     it (§3.5); only with explicit freshness, `public`, or a heuristically
     cacheable status; and not when it could never be reused: `Vary: *` (§4.1),
     or no freshness left and no validator to revalidate it with."""

@@ -1,7 +1,8 @@
 """The edge: answer from the nearest tier that may answer, fetch once otherwise.
 
 Owns the request path: GET and HEAD through the cache (memory, disk, then one
-shared fetch from the upstreams: `fetcher` and `chain`), a HEAD for a stale
+shared fetch from the upstreams: `fetcher` and `chain`; a GET for one range
+that misses goes by `partials`, which keeps 206 pieces), a HEAD for a stale
 response written through as a HEAD (RFC 9111 §4.3.5), every other method passed
 through to the upstream with the invalidation it causes (and a POST answer kept
 for later GETs when RFC 9110 §9.3.3 allows), PURGE, `/cid/<CID>`, CONNECT refused
@@ -30,6 +31,7 @@ from .fetcher import Fetch, Fetcher, relay_interim
 from .hashring import HashRing
 from .messages import Request, Response, simple_response
 from .metrics import EdgeMetrics
+from .partials import RangeMisses
 from .policy import RequestRules, Reuse, head_freshens, invalidated, origin_form, request_rules, reusable_post, reuse, stale_on_error
 from .represent import SpoolBody, represent
 from .spool import Spool
@@ -77,6 +79,7 @@ class Edge:
         self.store = CacheStore(self.memory, self.disk, nursery)
         self.via = f"1.1 {config.name}"
         self.fetcher = Fetcher(config.name, self.via, self.store, self.upstreams, self.metrics, nursery)
+        self.range_misses = RangeMisses(self.store, self.fetcher, self.metrics)
         self.origin_authority = urlsplit(config.origin).netloc
         self.port = 0  # set by whoever binds the listener
 
@@ -151,6 +154,12 @@ class Edge:
                     self.metrics.event("stale-while-revalidate")
                 self.metrics.hit(found.tier)
                 return self._tag(self._answer_from(request, found, age), f"hit; ttl={int(stored.rules.lifetime - age)}", found.tier)
+        if found is None:
+            outcome = await self.range_misses.serve(request, rules)
+            if isinstance(outcome, Fetch):
+                return await self._from_fetch(request, outcome, None, rules)
+            if outcome is not None:
+                return self._tag(*outcome)
         if rules.only_if_cached:
             return self._tag(simple_response(504, "only-if-cached, and no stored response may answer"), "fwd=miss", "only-if-cached")
         if found is not None and request.method == "HEAD":

@@ -90,6 +90,19 @@ def parse_range(header: str | None, size: int, max_ranges: int = DEFAULT_MAX_RAN
     return ranges if len(ranges) <= max_ranges else None
 
 
+def single_range(header: str | None) -> tuple[int | None, int | None] | None:
+    """The one (first-pos, last-pos) of a valid Range asking for a single byte
+    range; None for none, an invalid one, or several."""
+    specs = _parse_specs(header)
+    return specs[0] if specs is not None and len(specs) == 1 else None
+
+
+def resolve_range(spec: tuple[int | None, int | None], size: int) -> ByteRange | None:
+    """The satisfiable range a (first-pos, last-pos) spec denotes in `size` bytes."""
+    _require_size(size)
+    return _resolve(spec[0], spec[1], size)
+
+
 def _parse_specs(header: str | None) -> list[tuple[int | None, int | None]] | None:
     """(first-pos, last-pos) pairs, first None for a suffix; None when to be ignored."""
     if header is None:

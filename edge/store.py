@@ -3,8 +3,8 @@
 Owns the bookkeeping that spans tiers: finding the stored response a request
 selects (following a URL's `Variants` marker to the variant its Vary fields pick,
 RFC 9111 §4.1), storing a response together with that marker, updating a stored
-response after a 304, and removing a URL with every variant it has (for
-invalidation and purge). A disk hit is promoted to memory when it fits.
+response after a 304, and removing a URL with every variant it has and any
+pieces of it (for invalidation and purge). A disk hit is promoted to memory when it fits.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class CacheStore:
             target = key
             if current is not None and isinstance(current[1], Variants):
                 self.remove(key)
+        self.memory.remove_partial(key)  # the whole representation supersedes any pieces
         await self._put_entry(target, stored, spool)
 
     async def _put_entry(self, key: str, entry: Entry, spool: Spool | None) -> None:
@@ -111,9 +112,9 @@ class CacheStore:
         tier; the number of responses removed."""
         found = self._get(key, promote=False)
         keys = [key]
+        removed = int(self.memory.remove_partial(key))
         if found is not None and isinstance(found[1], Variants):
             keys += sorted(found[1].keys)
-        removed = 0
         for each in keys:
             in_memory = self.memory.remove(each)
             on_disk = self.disk.remove(each) if self.disk is not None else False

@@ -2,7 +2,8 @@
 
 Owns what a stored response is (`Stored`: its status, stored header fields,
 size, age at arrival and when it arrived, the rules its fields set, and the CID it
-had), what marks a URL whose responses vary (`Variants`), and where both live. L1 is a byte-budget LRU of whole bodies; L2 is diskcache with its own byte
+had), what marks a URL whose responses vary (`Variants`), what is kept of a
+representation that came in 206 pieces (`Partial`, in memory only), and where they live. L1 is a byte-budget LRU of whole bodies; L2 is diskcache with its own byte
 budget and LRU eviction, and it survives a restart. Disk writes run in a worker
 thread (a 256 KiB set costs about a millisecond); reads come from the page cache
 and run inline.
@@ -19,6 +20,7 @@ import diskcache
 import trio
 
 from .memcache import ByteLRU
+from .pieces import Pieces
 from .policy import ResponseRules, initial_age, response_rules, updated_fields
 from .represent import BytesBody, FileBody
 
@@ -65,7 +67,17 @@ class Variants:
     keys: frozenset[str]
 
 
+@dataclass(frozen=True)
+class Partial:
+    """A representation held in pieces: the fields of the latest piece (which
+    replace the earlier ones, RFC 9111 §3.4), their age and rules, and the bytes."""
+
+    stored: Stored
+    pieces: Pieces
+
+
 Entry = Stored | Variants
+PARTIAL_KEY = "\x01pieces:"  # before a URL's key: its pieces (a URL's key starts with "/")
 
 
 class MemoryTier:
@@ -94,6 +106,20 @@ class MemoryTier:
 
     def remove(self, key: str) -> bool:
         return self.lru.pop(key) is not None
+
+    def get_partial(self, key: str) -> Partial | None:
+        entry = self.lru.get(PARTIAL_KEY + key)
+        return entry.value[0] if entry is not None else None  # type: ignore[return-value]
+
+    def put_partial(self, key: str, partial: Partial) -> bool:
+        """Keep the pieces, when they fit as an object would; False when not."""
+        if not self.fits(partial.pieces.held):
+            return False
+        self.lru.put(PARTIAL_KEY + key, (partial, b""), partial.pieces.held + 512)  # type: ignore[arg-type]
+        return True
+
+    def remove_partial(self, key: str) -> bool:
+        return self.remove(PARTIAL_KEY + key)
 
 
 class DiskTier:

@@ -12,7 +12,8 @@ fields. Each must return what its contract says and raise nothing else.
 origin of scriptorigin.py) and takes random request fields (conditionals,
 Range, Cache-Control, Pragma, Accept-*, a Vary-selected field) while the origin
 answers with random ETag, Last-Modified, Date, Expires, Age, Cache-Control,
-CDN-Cache-Control, Vary, Content-Location and Location. The edge never answers
+CDN-Cache-Control, Vary, Content-Location, Location and Content-Range (so that
+206 answers meet the pieces the edge keeps). The edge never answers
 5xx unless the origin did (or `only-if-cached` found nothing, RFC 9111 §5.2.1.7),
 every answer parses as HTTP/1.1 with its framing intact, and it logs no error.
 
@@ -38,6 +39,7 @@ from hypothesis import strategies as st
 from edge import policy, vary
 from edge.httpserver import Headers, Request
 from edge.proxy import EdgeConfig
+from edge.pieces import parse_content_range
 from edge.ranges import ByteRange, RangeNotSatisfiable, parse_range
 from edge.represent import BytesBody, represent
 from edge.validators import ETag, evaluate_preconditions, format_http_date, if_range_allows, parse_etag_list, parse_http_date
@@ -151,10 +153,15 @@ URLS = st.one_of(
 )
 MEDIA = st.one_of(st.sampled_from(["text/plain", "text/plain; charset=caf\u00e9", "multipart/x; boundary=a", ""]), WIRE_TEXT)
 
+CONTENT_RANGES = st.one_of(
+    st.sampled_from(["bytes 0-35/36", "bytes 0-9/36", "bytes 26-35/36", "bytes */36", "bytes 0-35/*", "BYTES 0-35/36", "bytes 0-99/10"]),
+    st.tuples(POSITIONS, POSITIONS, POSITIONS).map(lambda t: f"bytes {t[0]}-{t[1]}/{t[2]}"),
+)  # the scripted body is the 36-character case id
+
 RESPONSE_FIELDS: dict[str, st.SearchStrategy[str]] = {
     "Cache-Control": CACHE_CONTROL, "CDN-Cache-Control": CDN_CACHE_CONTROL, "Expires": DATES, "Date": DATES,
     "Last-Modified": DATES, "ETag": ETAGS, "Age": AGES, "Vary": VARY, "Location": URLS, "Content-Location": URLS,
-    "Content-Type": MEDIA, "Pragma": st.sampled_from(["no-cache", "x"]),
+    "Content-Type": MEDIA, "Pragma": st.sampled_from(["no-cache", "x"]), "Content-Range": CONTENT_RANGES,
 }
 REQUEST_FIELDS: dict[str, st.SearchStrategy[str]] = {
     "Cache-Control": CACHE_CONTROL, "Pragma": st.one_of(joined(st.sampled_from(["no-cache", "No-Cache", "x=1", ""])), WIRE_TEXT),
@@ -260,6 +267,12 @@ def test_preconditions_take_any_fields(method: str, request: list[tuple[str, str
     headers = Headers(request)
     assert evaluate_preconditions(method, headers, etag, last_modified, exists=exists, date=date) in (None, 304, 412)
     assert isinstance(if_range_allows(headers.get("if-range"), etag, last_modified, date), bool)
+
+
+@given(st.one_of(CONTENT_RANGES, ANY_TEXT))
+def test_content_range_parses_to_a_placeable_piece_or_none(text: str) -> None:
+    parsed = parse_content_range(text)
+    assert parsed is None or 0 <= parsed.first <= parsed.last < parsed.complete
 
 
 @given(st.one_of(RANGES, ANY_TEXT), st.integers(min_value=0, max_value=2**70), st.integers(min_value=1, max_value=40))
