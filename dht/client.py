@@ -141,10 +141,13 @@ class DhtClient:
         async def step(hop: NodeRef, key: int, dead: frozenset[int]) -> tuple[bool, list[NodeRef]]:
             return await remote_step(step_call, space, hop, key, dead)
 
+        async def arc(node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
+            return messages.arc_reply(await step_call(node, "arc"), space)
+
         starts = StartingPoints(space, entry)
 
         async def locate(position: int) -> LookupResult:
-            result = await iterate(space, position, starts.before(position), step, timeout, on_dead=starts.forget)
+            result = await iterate(space, position, starts.before(position), step, timeout, on_dead=starts.forget, arc=arc)
             starts.learn([*result.path, *result.successors])
             return result
 

@@ -9,7 +9,9 @@ grown. How a step reaches a node (a local table or an RPC) is the caller's `Step
 
 An owner answer is believed only if it could be true (`owner_answer_problem`): the
 key falls between the hop and the owner it names; a hop whose answer fails that is
-treated like a dead one. Of the nodes after the owner, only the run that is
+treated like a dead one. An owner named by another node must then confirm it
+(`confirm_owner`): its own predecessor pointer shows whether a node that joined in
+between holds the key instead, and the lookup walks back to that node. Of the nodes after the owner, only the run that is
 distinct and in ring order is kept (`in_ring_order`), so a liar cannot name itself
 r times as a whole replica set, and a stale entry cannot slip in out of order.
 
@@ -37,7 +39,10 @@ from .routing import NodeRef
 # One routing step at `hop` for `key`, treating `dead` as failed:
 # (True, [owner, successors...]) or (False, [nodes to ask next]).
 Step = Callable[[NodeRef, int, frozenset[int]], Awaitable[tuple[bool, list[NodeRef]]]]
+# The arc a node believes it owns: (its predecessor or None, its successors).
+Arc = Callable[[NodeRef], Awaitable[tuple[NodeRef | None, list[NodeRef]]]]
 OnDead = Callable[[NodeRef, ChordError], None]
+MOST_CONFIRM_STEPS = 16  # predecessors walked back from a named owner before giving up
 
 
 async def iterate(
@@ -50,11 +55,14 @@ async def iterate(
     exclude: frozenset[int] = frozenset(),
     local_address: str | None = None,
     on_dead: OnDead | None = None,
+    arc: Arc | None = None,
 ) -> LookupResult:
     """Route from `origin` to the owner of `key` within `timeout` seconds.
 
     `local_address` is a hop answered from local state, left out of the path;
-    `on_dead` hears of every hop that failed. Raises LookupFailed."""
+    `on_dead` hears of every hop that failed. With `arc`, an owner named by another
+    node is believed only once it confirms that its own arc holds the key
+    (`confirm_owner`). Raises LookupFailed."""
     frontier = {origin.address: origin}
     asked: dict[str, int] = {}
     dead: set[int] = set(exclude)
@@ -68,6 +76,8 @@ async def iterate(
             try:
                 found, nodes = await step(hop, key, frozenset(dead))
                 problem = owner_answer_problem(space, key, hop, nodes) if found else None
+                if found and nodes == [hop] and hop.address != origin.address:
+                    problem = "it claims the whole ring alone, though another node named it"
                 if problem:
                     raise BadReply(f"{hop.address} gave an impossible owner answer: {problem}")
             except (TransportError, RemoteError) as exc:
@@ -78,6 +88,16 @@ async def iterate(
                 continue
             if hop.address != local_address and hop not in path:
                 path.append(hop)
+            if found and arc is not None and nodes[0].id != hop.id:
+                try:
+                    nodes = await confirm_owner(space, key, nodes, arc, dead)
+                except (TransportError, RemoteError) as exc:  # the named owner is gone: ask the hop again
+                    timeouts += 1
+                    dead.add(nodes[0].id)
+                    if on_dead is not None:
+                        on_dead(nodes[0], exc)
+                    frontier[hop.address] = hop
+                    continue
             if found:
                 nodes = in_ring_order(space, key, nodes)
                 arc_start = hop.id if hop.id != nodes[0].id else (key - 1) % space.size
@@ -87,6 +107,32 @@ async def iterate(
                     frontier[node.address] = node
         raise LookupFailed(f"no live route to key {space.short(key)} ({len(path)} hops, {timeouts} failed)")
     raise LookupFailed(f"lookup of {space.short(key)} timed out after {timeout:g}s ({len(path)} hops)")
+
+
+async def confirm_owner(space: IdSpace, key: int, nodes: list[NodeRef], arc: Arc, dead: set[int]) -> list[NodeRef]:
+    """The owner of `key` and its successors, from the owner itself. A hop names
+    its successor as the owner; the successor's predecessor pointer says whether a
+    node that joined in between owns the key instead. So walk back through
+    predecessors while they lie at or after the key: each step is closer to the
+    key, so the walk ends. A named owner that fails to answer raises (the caller
+    drops it and asks again); a predecessor that fails is dead, so the node after
+    it owns the key. Raises LookupFailed after MOST_CONFIRM_STEPS steps."""
+    candidate, confirmed = nodes[0], nodes
+    for step in range(MOST_CONFIRM_STEPS):
+        try:
+            predecessor, successors = await arc(candidate)
+            if predecessor is None and not successors:
+                raise BadReply(f"{candidate.address} was named as an owner but knows no other node")
+        except (TransportError, RemoteError):
+            if step == 0:
+                raise
+            dead.add(candidate.id)
+            return confirmed
+        confirmed = [candidate, *successors]
+        if predecessor is None or predecessor.id in dead or in_half_open(key, predecessor.id, candidate.id):
+            return confirmed
+        candidate = predecessor  # it lies in [key, candidate): nearer the key
+    raise LookupFailed(f"owner of key {space.short(key)} not confirmed within {MOST_CONFIRM_STEPS} steps")
 
 
 def owner_answer_problem(space: IdSpace, key: int, hop: NodeRef, nodes: list[NodeRef]) -> str | None:

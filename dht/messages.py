@@ -38,6 +38,7 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "ping": EVERYONE,
     "info": EVERYONE,
     "step": EVERYONE,
+    "arc": EVERYONE,
     "lookup": EVERYONE,
     "get_block": EVERYONE,
     "put_block": WRITERS,
@@ -184,13 +185,21 @@ def step_reply(value: Any, space: IdSpace) -> tuple[bool, list[NodeRef]]:
 
 def notify_reply(value: Any, space: IdSpace) -> tuple[NodeRef | None, list[NodeRef]]:
     """→ (the predecessor the peer had, its successor list)."""
+    return _arc_reply(value, space, "notify")
 
+
+def arc_reply(value: Any, space: IdSpace) -> tuple[NodeRef | None, list[NodeRef]]:
+    """→ (the peer's predecessor, its successor list): the arc it believes it owns."""
+    return _arc_reply(value, space, "arc")
+
+
+def _arc_reply(value: Any, space: IdSpace, method: str) -> tuple[NodeRef | None, list[NodeRef]]:
     def decode() -> tuple[NodeRef | None, list[NodeRef]]:
         _require(isinstance(value, list) and len(value) == 2, f"expected [predecessor, successors], got {describe(value)}")
         predecessor = None if value[0] is None else NodeRef.from_wire(value[0], space)
         return predecessor, refs_from_wire(value[1], space)
 
-    return _reply(decode, "notify")
+    return _reply(decode, method)
 
 
 def flag_reply(value: Any, method: str) -> bool:

@@ -116,6 +116,15 @@ class RoutingTable:
             nodes.append(self.predecessor)
         return nodes
 
+    def arc_start(self) -> NodeRef | None:
+        """The nearest node before this one that it knows of: its predecessor, or,
+        while it has none, the known node closest before it (None if it knows
+        none). A lookup confirming an owner walks back through these."""
+        if self.predecessor is not None:
+            return self.predecessor
+        before = self.closest_preceding(self.me.id, 1)
+        return before[0] if before else None
+
     def owns(self, key: int) -> bool:
         """True when key ∈ (predecessor, me]; a lone node owns everything."""
         if self.predecessor is None:
@@ -127,7 +136,9 @@ class RoutingTable:
         nodes in `exclude` as dead."""
         successors = [n for n in self.successors if n.id not in exclude] if exclude else self.successors
         predecessor = self.predecessor if self.predecessor and self.predecessor.id not in exclude else None
-        alone = predecessor is None and not successors
+        # Alone only when it knows no other node at all: one that lost its successors
+        # and predecessor but keeps fingers must not claim the whole ring.
+        alone = predecessor is None and not successors and not self._routing_candidates()
         if alone or (predecessor is not None and in_half_open(key, predecessor.id, self.me.id)):
             return Owner([self.me, *successors])
         if not successors:  # lost them all: forward through whatever else we know
