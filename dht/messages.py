@@ -52,6 +52,17 @@ ALLOWED: dict[str, frozenset[Role]] = {
 }
 
 
+# What each call's traffic is for, as the simulator reports bytes: routing
+# maintenance, lookups (a node's own finger and join lookups included: they go by
+# the same calls), and moving or checking data.
+TRAFFIC_KIND: dict[str, str] = {
+    "ping": "maintenance", "info": "maintenance", "notify": "maintenance", "consider_successor": "maintenance",
+    "successor_leaving": "maintenance", "predecessor_leaving": "maintenance",
+    "step": "lookup", "arc": "lookup", "lookup": "lookup",
+    "get_block": "data", "put_block": "data", "prove_blocks": "data", "digests": "data", "list_keys": "data",
+}
+
+
 def check_allowed(caller: PeerIdentity, method: str) -> None:
     """Raise Forbidden unless the caller's role may call `method`; BadRequest
     for a method nobody may call."""

@@ -21,6 +21,7 @@ import trio
 
 from .errors import CallTimeout, IdentityMismatch, RemoteError
 from .identity import UNAUTHENTICATED, PeerIdentity
+from .messages import TRAFFIC_KIND
 from .transport import Handler, remote_error_of
 from .wire import pack, unpack
 
@@ -32,9 +33,10 @@ class NetworkStats:
     """Message counters: one call is a request plus, when delivered, a reply."""
 
     messages: int = 0
-    bytes: int = 0
+    bytes: int = 0  # as the TCP codec would frame them
     dropped: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
+    bytes_by_kind: dict[str, int] = field(default_factory=dict)  # messages.TRAFFIC_KIND
 
 
 class SimNetwork:
@@ -46,8 +48,9 @@ class SimNetwork:
         timers that fall due at the same instant by object identity, which would
         make runs with the same seed differ.
     loss: probability that any one message is dropped.
-    check_wire: encode every message with the TCP codec and count its bytes; this
-        proves node messages are wire-safe at the cost of speed.
+    check_wire: also decode every message the TCP codec encoded, and deliver that;
+        this proves node messages are wire-safe at the cost of speed. Every message
+        is encoded either way, to count its bytes by kind (`NetworkStats`).
     """
 
     def __init__(
@@ -123,11 +126,12 @@ class SimNetwork:
         stats = self.stats
         stats.messages += 1
         stats.by_method[method] = stats.by_method.get(method, 0) + 1
-        if self.check_wire:
-            data = pack(payload)
-            stats.bytes += len(data) + 4
-            return unpack(data)
-        return payload
+        data = pack(payload)
+        size = len(data) + 4  # the length prefix
+        stats.bytes += size
+        kind = TRAFFIC_KIND.get(method, "other")
+        stats.bytes_by_kind[kind] = stats.bytes_by_kind.get(kind, 0) + size
+        return unpack(data) if self.check_wire else payload
 
     async def _one_way(self, source: str, target: str, method: str, payload: Any) -> Any:
         payload = self._count(method, payload)

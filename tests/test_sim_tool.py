@@ -18,7 +18,7 @@ from tools.sim import SimOptions, run
 
 SUMMARY_KEYS = {
     "scenario", "nodes", "lookups", "lookup_success_rate", "correct_rate", "mean_hops", "p99_hops",
-    "wall_seconds", "seed", "virtual_seconds", "messages", "msgs_per_node_per_s",
+    "wall_seconds", "seed", "virtual_seconds", "messages", "msgs_per_node_per_s", "bytes_per_node_per_s",
 }
 
 
@@ -38,6 +38,17 @@ def test_static_summary_has_the_report_fields(summary_64: dict[str, Any]) -> Non
     expected_rate = summary_64["messages"] / (64 * summary_64["virtual_seconds"])
     assert summary_64["msgs_per_node_per_s"] == pytest.approx(expected_rate)
     json.dumps(summary_64)  # JSON-ready
+
+
+def test_wire_bytes_per_node_are_split_by_what_they_are_for() -> None:
+    """Encoded frames counted by kind (issue 13): a churn run with blocks has all
+    three, and they add up to the total."""
+    summary = run(SimOptions(scenario="churn", nodes=24, rate=0.1, duration=60.0, lookup_rate=2.0, blocks=20, seed=3))
+    rates = summary["bytes_per_node_per_s"]
+    assert rates["maintenance"] > 0 and rates["lookup"] > 0 and rates["data"] > 0
+    assert rates["total"] == pytest.approx(rates["maintenance"] + rates["lookup"] + rates["data"], abs=0.2)
+    static = run(SimOptions(nodes=16, lookups=50, seed=2))["bytes_per_node_per_s"]
+    assert static["lookup"] > 0 and static["data"] == 0 and static["maintenance"] == 0  # a static run only looks up
 
 
 def test_same_seed_repeats_exactly_and_another_seed_differs(summary_64: dict[str, Any]) -> None:

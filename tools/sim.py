@@ -142,6 +142,13 @@ def run(options: SimOptions) -> dict[str, Any]:
     return run_detailed(options)[0]
 
 
+def _bytes_per_node_per_s(by_kind: dict[str, int], nodes_seconds: float) -> dict[str, float]:
+    """Wire bytes per live node per virtual second: in all, and for routing
+    maintenance, lookups and data (`dht.messages.TRAFFIC_KIND`)."""
+    rates = {kind: round(by_kind.get(kind, 0) / nodes_seconds, 1) for kind in ("maintenance", "lookup", "data")}
+    return {"total": round(sum(by_kind.values()) / nodes_seconds, 1), **rates}
+
+
 def run_detailed(
     options: SimOptions, progress: Progress | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]], list[int]]:
@@ -156,6 +163,7 @@ def run_detailed(
             summary.update(await SCENARIOS[options.scenario](cluster, options, progress))
             summary["virtual_seconds"] = trio.current_time()
             summary["messages"] = network.stats.messages
+            summary["wire_bytes"] = dict(network.stats.bytes_by_kind)
             nursery.cancel_scope.cancel()
 
     _seed_trio_scheduler(options.seed)
@@ -170,6 +178,7 @@ def run_detailed(
         gc.set_threshold(*thresholds)
     wall = time.perf_counter() - started
     series, hops = summary.pop("series", []), summary.pop("hops", [])
+    wire_bytes = summary.pop("wire_bytes", {})
     nodes_seconds = summary.get("mean_live_nodes", options.nodes) * max(summary["virtual_seconds"], 1e-9)
     report = {
         **asdict(options),
@@ -178,6 +187,7 @@ def run_detailed(
         "min_availability": 1.0,
         **summary,
         "msgs_per_node_per_s": summary["messages"] / nodes_seconds,
+        "bytes_per_node_per_s": _bytes_per_node_per_s(wire_bytes, nodes_seconds),
         "wall_seconds": wall,
     }
     return report, series, hops
