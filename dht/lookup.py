@@ -11,9 +11,10 @@ An owner answer is believed only if it could be true (`owner_answer_problem`): t
 key falls between the hop and the owner it names; a hop whose answer fails that is
 treated like a dead one. An owner named by another node must then confirm it
 (`confirm_owner`): its own predecessor pointer shows whether a node that joined in
-between holds the key instead, and the lookup walks back to that node. Of the nodes after the owner, only the run that is
-distinct and in ring order is kept (`in_ring_order`), so a liar cannot name itself
-r times as a whole replica set, and a stale entry cannot slip in out of order.
+between holds the key instead, and the lookup walks back to that node. Of the nodes
+after the owner, only the run that is distinct and in ring order is kept
+(`in_ring_order`), so a liar cannot name itself r times as a whole replica set, and
+a stale entry cannot slip in out of order.
 
 `StartingPoints` is a client's memory of the nodes its lookups met, so that each
 lookup starts at the known node closest before its key instead of at the entry

@@ -65,7 +65,7 @@ class RangeMisses:
                 return None  # the usual whole fetch: a plain GET, one in flight, or a range it is better for
             first, last = spec
             ranged = f"bytes={'' if first is None else first}-{'' if last is None else last}"
-            return await self._fetch(request, None, (("Range", ranged),), whole=False)
+            return await self._fetch(request, None, (("Range", ranged),), spec)
         size = kept.pieces.size
         wanted = resolve_range(spec, size) if spec is not None else ByteRange(0, size - 1)
         if wanted is None:
@@ -80,7 +80,7 @@ class RangeMisses:
         if not self.store.memory.fits(missing.length):
             return None  # too much to keep in pieces: the usual whole fetch, stored on disk
         ask = (("Range", range_value(missing, size)), ("If-Range", kept.pieces.etag))
-        return await self._fetch(request, kept, ask, whole=spec is None)
+        return await self._fetch(request, kept, ask, spec)
 
     def _small(self, spec: tuple[int | None, int | None]) -> bool:
         """A range whose piece could be kept: its length is known before the answer
@@ -105,11 +105,13 @@ class RangeMisses:
         age = kept.stored.age(time.time())
         return represent(request, [*kept.stored.headers, ("Age", str(int(age)))], PiecesBody(kept.pieces))
 
-    async def _fetch(self, request: Request, kept: Partial | None, ask: tuple[tuple[str, str], ...], whole: bool) -> Outcome | Fetch:
+    async def _fetch(
+        self, request: Request, kept: Partial | None, ask: tuple[tuple[str, str], ...], spec: tuple[int | None, int | None] | None
+    ) -> Outcome | Fetch:
         """Fetch a range; keep the piece when it may be kept, and answer from the
-        pieces when they now hold what the client asked. `whole`: the client asked
-        for the whole representation, so a piece that does not complete it is no
-        answer, and the usual whole fetch follows."""
+        pieces when they now hold the client's range `spec`. No spec: the client
+        asked for the whole representation, so a piece that does not complete it
+        is no answer, and the usual whole fetch follows."""
         fetch = self.fetcher.start(request.target, request, None, shared=False, relay=True, extra=ask)
         await fetch.ready.wait()
         answer = fetch.answer
@@ -121,11 +123,10 @@ class RangeMisses:
         if partial is not None:
             self.store.memory.put_partial(request.target, partial)
             self.metrics.event("piece-stored")
-            spec = single_range(request.headers.get("range"))
             wanted = resolve_range(spec, partial.pieces.size) if spec is not None else None
             if wanted is not None and partial.pieces.covers(wanted):
                 return self._answer(request, partial), "fwd=partial; fwd-status=206", answer.tier
-        if whole:
+        if spec is None:
             return await self.fetcher.fetch_for(request.target, request, None)
         return fetch  # the upstream's 206 as it came
 

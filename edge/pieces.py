@@ -19,7 +19,8 @@ from .ranges import ByteRange
 from .validators import ETag
 
 MAX_DIGITS = 19  # no representation is 10**19 bytes long; a longer number is a lie
-_CONTENT_RANGE = re.compile(r"[ \t]*bytes[ \t]+([0-9]{1,19})-([0-9]{1,19})/([0-9]{1,19})[ \t]*", re.IGNORECASE)
+_NUMBER = f"([0-9]{{1,{MAX_DIGITS}}})"
+_CONTENT_RANGE = re.compile(rf"[ \t]*bytes[ \t]+{_NUMBER}-{_NUMBER}/{_NUMBER}[ \t]*", re.IGNORECASE)
 NOT_KEPT = frozenset({"content-range", "content-length"})  # they describe one piece, not the representation
 
 
