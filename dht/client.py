@@ -141,8 +141,8 @@ class DhtClient:
         async def step(hop: NodeRef, key: int, dead: frozenset[int]) -> tuple[bool, list[NodeRef]]:
             return await remote_step(step_call, space, hop, key, dead)
 
-        async def arc(node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
-            return messages.arc_reply(await step_call(node, "arc"), space)
+        async def arc(node: NodeRef, patient: bool) -> tuple[NodeRef | None, list[NodeRef]]:
+            return messages.arc_reply(await (call if patient else step_call)(node, "arc"), space)
 
         starts = StartingPoints(space, entry)
 

@@ -67,7 +67,16 @@ class BadRequest(ChordError):
 
 
 class LookupFailed(ChordError):
-    """No live route to the key's owner was found before the deadline."""
+    """No live route to the key's owner was found before the deadline. `answered`
+    lists the nodes that did answer on the way, if any."""
+
+    def __init__(self, message: str, answered: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class RoutingLoop(LookupFailed):
+    """A lookup took more steps than a route in a ring of this size can need."""
 
 
 class BadReply(ProtocolError):

@@ -26,13 +26,14 @@ never a wrong byte).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import trio
 from sortedcontainers import SortedDict
 
-from .errors import BadReply, ChordError, LookupFailed, RemoteError, TransportError
+from .errors import BadReply, ChordError, LookupFailed, RemoteError, RoutingLoop, TransportError
 from .ids import IdSpace, in_half_open, in_open
 from .messages import LookupResult
 from .routing import NodeRef
@@ -40,10 +41,22 @@ from .routing import NodeRef
 # One routing step at `hop` for `key`, treating `dead` as failed:
 # (True, [owner, successors...]) or (False, [nodes to ask next]).
 Step = Callable[[NodeRef, int, frozenset[int]], Awaitable[tuple[bool, list[NodeRef]]]]
-# The arc a node believes it owns: (its predecessor or None, its successors).
-Arc = Callable[[NodeRef], Awaitable[tuple[NodeRef | None, list[NodeRef]]]]
+# The arc a node believes it owns: (its predecessor or None, its successors). With
+# patient=True the caller waits as long as it ever waits for a peer: a node that
+# does not answer then is taken for dead, and that decides an owner.
+Arc = Callable[[NodeRef, bool], Awaitable[tuple[NodeRef | None, list[NodeRef]]]]
 OnDead = Callable[[NodeRef, ChordError], None]
 MOST_CONFIRM_STEPS = 16  # predecessors walked back from a named owner before giving up
+SPARE_STEPS = 16  # steps a lookup may spend on hops that fail, beyond a sound route's
+DEFAULT_SIZE_GUESS = 1 << 16  # ring size assumed when the caller cannot estimate it
+
+
+def hop_limit(estimated_nodes: int) -> int:
+    """Steps a lookup may take in a ring of about `estimated_nodes` nodes: twice
+    the log2 N hops of a sound route, plus room for hops that fail on the way.
+    A lookup past it is lost (following stale pointers round the ring) and
+    should start again elsewhere."""
+    return 2 * math.ceil(math.log2(max(estimated_nodes, 2))) + SPARE_STEPS
 
 
 async def iterate(
@@ -57,22 +70,26 @@ async def iterate(
     local_address: str | None = None,
     on_dead: OnDead | None = None,
     arc: Arc | None = None,
+    max_steps: int = hop_limit(DEFAULT_SIZE_GUESS),
 ) -> LookupResult:
     """Route from `origin` to the owner of `key` within `timeout` seconds.
 
     `local_address` is a hop answered from local state, left out of the path;
     `on_dead` hears of every hop that failed. With `arc`, an owner named by another
     node is believed only once it confirms that its own arc holds the key
-    (`confirm_owner`). Raises LookupFailed."""
+    (`confirm_owner`). Raises LookupFailed; RoutingLoop after `max_steps` steps."""
     frontier = {origin.address: origin}
-    asked: dict[str, int] = {}
+    asked: dict[str, int] = {}  # address -> how many nodes were known dead when it was asked
+    answered: dict[str, NodeRef] = {}
     dead: set[int] = set(exclude)
     path: list[NodeRef] = []
-    timeouts = 0
+    timeouts = steps = 0
     with trio.move_on_after(timeout):
-        while frontier or _ask_again(frontier, [origin, *path], asked, len(dead)):
-            hop = min(frontier.values(), key=lambda n: space.distance(n.id, key))
-            del frontier[hop.address]
+        while (hop := _next_hop(space, key, frontier, answered, asked, dead)) is not None:
+            if steps == max_steps:
+                raise RoutingLoop(f"lookup of {space.short(key)} gave up after {steps} steps, a hop limit for this ring size")
+            steps += 1
+            frontier.pop(hop.address, None)
             asked[hop.address] = len(dead)
             try:
                 found, nodes = await step(hop, key, frozenset(dead))
@@ -83,21 +100,17 @@ async def iterate(
                     raise BadReply(f"{hop.address} gave an impossible owner answer: {problem}")
             except (TransportError, RemoteError) as exc:
                 timeouts += 1
-                dead.add(hop.id)
-                if on_dead is not None:
-                    on_dead(hop, exc)
+                _mark_dead(hop, exc, dead, on_dead)
                 continue
+            answered[hop.address] = hop
             if hop.address != local_address and hop not in path:
                 path.append(hop)
             if found and arc is not None and nodes[0].id != hop.id:
                 try:
                     nodes = await confirm_owner(space, key, nodes, arc, dead)
-                except (TransportError, RemoteError) as exc:  # the named owner is gone: ask the hop again
+                except (TransportError, RemoteError) as exc:  # the named owner is gone: the hop is asked again
                     timeouts += 1
-                    dead.add(nodes[0].id)
-                    if on_dead is not None:
-                        on_dead(nodes[0], exc)
-                    frontier[hop.address] = hop
+                    _mark_dead(nodes[0], exc, dead, on_dead)
                     continue
             if found:
                 nodes = in_ring_order(space, key, nodes)
@@ -106,8 +119,26 @@ async def iterate(
             for node in nodes:
                 if node.id not in dead and node.address not in asked and in_open(node.id, hop.id, key):
                     frontier[node.address] = node
-        raise LookupFailed(f"no live route to key {space.short(key)} ({len(path)} hops, {timeouts} failed)")
+        raise LookupFailed(f"no live route to key {space.short(key)} ({len(path)} hops, {timeouts} failed)", tuple(answered.values()))
     raise LookupFailed(f"lookup of {space.short(key)} timed out after {timeout:g}s ({len(path)} hops)")
+
+
+def _next_hop(
+    space: IdSpace, key: int, frontier: dict[str, NodeRef], answered: dict[str, NodeRef], asked: dict[str, int], dead: set[int]
+) -> NodeRef | None:
+    """The node to ask next: the one closest before the key among those not asked
+    yet and those that answered before more nodes were found dead (their answer
+    may have pointed at one of them, and asked again they route around it)."""
+    known_dead = len(dead)
+    again = [n for n in answered.values() if asked[n.address] < known_dead and n.id not in dead]
+    candidates = [*frontier.values(), *again]
+    return min(candidates, key=lambda n: space.distance(n.id, key)) if candidates else None
+
+
+def _mark_dead(node: NodeRef, error: ChordError, dead: set[int], on_dead: OnDead | None) -> None:
+    dead.add(node.id)
+    if on_dead is not None:
+        on_dead(node, error)
 
 
 async def confirm_owner(space: IdSpace, key: int, nodes: list[NodeRef], arc: Arc, dead: set[int]) -> list[NodeRef]:
@@ -115,13 +146,17 @@ async def confirm_owner(space: IdSpace, key: int, nodes: list[NodeRef], arc: Arc
     its successor as the owner; the successor's predecessor pointer says whether a
     node that joined in between owns the key instead. So walk back through
     predecessors while they lie at or after the key: each step is closer to the
-    key, so the walk ends. A named owner that fails to answer raises (the caller
-    drops it and asks again); a predecessor that fails is dead, so the node after
-    it owns the key. Raises LookupFailed after MOST_CONFIRM_STEPS steps."""
+    key, so the walk ends. A predecessor is asked even when this lookup found it
+    silent before, and patiently: a lost message or a far node is not a dead
+    node, and the node after it, which checks on it, still counts on it; taking
+    it for dead names the wrong owner. A named owner that fails to answer
+    raises (the caller drops it and asks again); a predecessor that fails is
+    dead, so the node after it owns the key. Raises LookupFailed after
+    MOST_CONFIRM_STEPS steps."""
     candidate, confirmed = nodes[0], nodes
     for step in range(MOST_CONFIRM_STEPS):
         try:
-            predecessor, successors = await arc(candidate)
+            predecessor, successors = await arc(candidate, step > 0)
             if predecessor is None and not successors:
                 raise BadReply(f"{candidate.address} was named as an owner but knows no other node")
         except (TransportError, RemoteError):
@@ -130,8 +165,9 @@ async def confirm_owner(space: IdSpace, key: int, nodes: list[NodeRef], arc: Arc
             dead.add(candidate.id)
             return confirmed
         confirmed = [candidate, *successors]
-        if predecessor is None or predecessor.id in dead or in_half_open(key, predecessor.id, candidate.id):
+        if predecessor is None or in_half_open(key, predecessor.id, candidate.id):
             return confirmed
+        dead.discard(predecessor.id)  # its own successor still counts on it: try it again
         candidate = predecessor  # it lies in [key, candidate): nearer the key
     raise LookupFailed(f"owner of key {space.short(key)} not confirmed within {MOST_CONFIRM_STEPS} steps")
 
@@ -155,15 +191,6 @@ def in_ring_order(space: IdSpace, key: int, nodes: list[NodeRef]) -> list[NodeRe
             break
         kept.append(node)
     return kept
-
-
-def _ask_again(frontier: dict[str, NodeRef], answered: list[NodeRef], asked: dict[str, int], dead_count: int) -> bool:
-    """Put back the furthest node that answered before more hops were found dead."""
-    for node in reversed(answered):
-        if asked.get(node.address, dead_count) < dead_count:
-            frontier[node.address] = node
-            return True
-    return False
 
 
 class StartingPoints:

@@ -10,8 +10,10 @@ handled like one that does not answer. Messages about bad values go through
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import BadReply, BadRequest, Forbidden, describe
 from .identity import PeerIdentity, Role
@@ -52,15 +54,35 @@ ALLOWED: dict[str, frozenset[Role]] = {
 }
 
 
+# Calls answered at once from routing state, small both ways: a caller waits for
+# them by the peer's measured round-trip time (`dht.rtt`), not a fixed deadline.
+PROMPT_METHODS = frozenset({"ping", "info", "step", "arc", "notify", "consider_successor", "successor_leaving"})
+
 # What each call's traffic is for, as the simulator reports bytes: routing
-# maintenance, lookups (a node's own finger and join lookups included: they go by
-# the same calls), and moving or checking data.
+# maintenance, lookups, and moving or checking data. A task whose calls serve
+# another purpose than their method's usual one says so with `purpose`: a node's
+# finger and join lookups are maintenance, and repair's lookups are data.
 TRAFFIC_KIND: dict[str, str] = {
     "ping": "maintenance", "info": "maintenance", "notify": "maintenance", "consider_successor": "maintenance",
     "successor_leaving": "maintenance", "predecessor_leaving": "maintenance",
     "step": "lookup", "arc": "lookup", "lookup": "lookup",
     "get_block": "data", "put_block": "data", "prove_blocks": "data", "digests": "data", "list_keys": "data",
 }
+_purpose: ContextVar[str | None] = ContextVar("traffic_purpose", default=None)
+
+
+@contextmanager
+def purpose(kind: str) -> Iterator[None]:
+    """Count the calls made inside (by this task and tasks it starts) as `kind`."""
+    token = _purpose.set(kind)
+    try:
+        yield
+    finally:
+        _purpose.reset(token)
+
+
+def traffic_kind(method: str) -> str:
+    return _purpose.get() or TRAFFIC_KIND.get(method, "other")
 
 
 def check_allowed(caller: PeerIdentity, method: str) -> None:

@@ -1,9 +1,11 @@
-"""The Chord node: join, stabilize, notify, fix_fingers, check_predecessor,
-iterative lookups, graceful leave, and the RPC surface peers call.
+"""The Chord node: join, iterative lookups, graceful leave, and the RPC surface
+peers call.
 
-Owns the protocol's behaviour over time. Routing decisions come from
-`dht.routing`; the network is whatever `Transport` it is given; time is read only
-through trio. The same code therefore runs over TCP and on the simulated network.
+Owns one node's identity, routing state and answers. Routing decisions come from
+`dht.routing`; periodic repair (stabilize, fix_fingers, check_predecessor) and its
+pace from `dht.maintenance`; how long to wait for a peer from `dht.peercalls`; the
+network is whatever `Transport` it is given; time is read only through trio. The
+same code therefore runs over TCP and on the simulated network.
 """
 
 from __future__ import annotations
@@ -16,18 +18,19 @@ from typing import Any, Awaitable, Callable, TypeVar
 import trio
 
 from . import messages
-from .errors import BadRequest, CallTimeout, ChordError, LookupFailed, RemoteError, TransportError
+from .errors import BadRequest, ChordError, LookupFailed, RemoteError, RoutingLoop, TransportError
 from .identity import PeerIdentity
 from .ids import DEFAULT_BITS, IdSpace, in_open
-from .lookup import iterate
+from .lookup import hop_limit, iterate
 from .messages import LookupResult, NodeInfo
+from .maintenance import Maintenance
+from .peercalls import PeerCalls
 from .routing import DepartedPeers, NodeRef, Owner, RoutingTable, refs_to_wire
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-MAX_STABILIZE_WALK = 32
 JOIN_ATTEMPTS = 3
 RpcHandler = Callable[[PeerIdentity, list[Any]], Any]
 
@@ -42,7 +45,9 @@ class NodeConfig:
     fix_fingers_interval: float = 1.0
     check_predecessor_interval: float = 2.0
     jitter: float = 0.5
-    rpc_timeout: float = 1.0
+    rpc_timeout: float = 1.0  # the longest wait for a peer's answer (`dht.peercalls`)
+    min_rpc_timeout: float = 0.2  # the shortest, however fast a peer answered before
+    min_stabilize_interval: float = 0.0  # below stabilize_interval: adapt to churn down to this (`dht.pace`)
     rpc_attempts: int = 2
     lookup_timeout: float = 10.0
     candidates_per_step: int = 3
@@ -58,9 +63,11 @@ class NodeConfig:
         )
 
     def __post_init__(self) -> None:
-        for name in ("stabilize_interval", "fix_fingers_interval", "check_predecessor_interval", "rpc_timeout", "lookup_timeout"):
+        for name in ("stabilize_interval", "fix_fingers_interval", "check_predecessor_interval", "rpc_timeout", "min_rpc_timeout", "lookup_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if not 0 <= self.min_stabilize_interval <= self.stabilize_interval:
+            raise ValueError("min_stabilize_interval must lie between 0 (fixed intervals) and stabilize_interval")
         if self.rpc_attempts < 1:
             raise ValueError("rpc_attempts must be at least 1")
         if not 0 <= self.jitter < 1:
@@ -83,10 +90,11 @@ class ChordNode:
         ident = self._own_id(transport, node_id)
         self.me = NodeRef(ident, transport.address)
         self.routing = RoutingTable(self.me, self.space, config.successor_list_size)
+        self.maintenance = Maintenance(self)
+        self._predecessor_check: trio.Event | None = None  # set when a notify from behind has checked it
+        self.peers = PeerCalls(transport, self.space, config.rpc_timeout, config.min_rpc_timeout, config.rpc_attempts)
         self.departed = DepartedPeers()
         self.rng = rng or random.Random(ident)
-        self._next_finger = 0
-        self._maintenance: trio.CancelScope | None = None
         self.info_extras: list[Callable[[], dict[str, int]]] = []  # services' figures for `info`
         self._handlers: dict[str, RpcHandler] = {
             "ping": self._on_ping,
@@ -124,31 +132,15 @@ class ChordNode:
     # -- outgoing calls ------------------------------------------------------------
 
     async def call(self, node: NodeRef, method: str, *args: Any) -> Any:
-        """Call the node `node` names, at its address and with its ID (a peer whose
-        certificate gives another ID is refused: IdentityMismatch), asking again
-        after a timeout (a lost message is not a dead node) up to `rpc_attempts`
-        times; a refused connection is final. The reply is not yet checked: use
-        `ask` where its shape matters."""
-        return await self._call(node.address, node.id, method, list(args))
+        """Call a peer, waiting and retrying as `dht.peercalls` decides; a peer whose
+        certificate gives another ID than node's is refused (IdentityMismatch)."""
+        return await self.peers.call(node, method, *args)
 
     async def ask(self, node: NodeRef, method: str, decode: Callable[[Any], T], *args: Any) -> T:
         """`call`, with the reply checked by `decode` (BadReply when it does not fit)."""
-        return decode(await self.call(node, method, *args))
+        return await self.peers.ask(node, method, decode, *args)
 
-    async def _call(self, address: str, node_id: int | None, method: str, args: list[Any]) -> Any:
-        timeout = self.config.rpc_timeout
-        for _ in range(self.config.rpc_attempts - 1):
-            try:
-                return await self.transport.call(address, method, args, timeout=timeout, node_id=node_id)
-            except CallTimeout:
-                pass
-        return await self.transport.call(address, method, args, timeout=timeout, node_id=node_id)
-
-    async def ping_address(self, address: str) -> NodeRef:
-        """Who answers at an address whose node we do not know yet (a bootstrap)."""
-        return messages.ping_reply(await self._call(address, None, "ping", []), self.space)
-
-    async def _notify(self, node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
+    async def notify_peer(self, node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
         """Tell node we may be its predecessor; get back the predecessor it had before
         (the paper's successor.predecessor) and its successor list."""
         decode = lambda reply: messages.notify_reply(reply, self.space)  # noqa: E731
@@ -161,20 +153,50 @@ class ChordNode:
         if bootstrap is None or bootstrap == self.me.address:
             log.info("%r starts a new ring", self)
             return
+        with messages.purpose("maintenance"):
+            await self._join_via(bootstrap)
+
+    async def _join_via(self, bootstrap: str) -> None:
         result = await self._find_place_via(bootstrap)
         successor = result.owner
         if successor.id == self.me.id:
             raise ChordError(f"node ID {self.space.short(self.me.id)} is already in the ring at {successor.address}")
         try:
-            previous, its_successors = await self._notify(successor)
+            previous, its_successors = await self.notify_peer(successor)
         except TransportError:  # stabilize will fill in the successor list
             previous, its_successors = None, []
-        self.routing.set_successors(successor, its_successors)
-        await self._walk_back(previous)
+        adopted = self.routing.successors[0] if self.routing.successors else None
+        if adopted is None or not in_open(adopted.id, self.me.id, successor.id):
+            self.routing.set_successors(successor, its_successors)
+        # else a node that joined just before us, between us and the successor,
+        # told us to follow it while we waited: keep it, or the ring skips it
+        await self.maintenance.walk_back(previous)
         await self._announce_to(previous)
+        await self._until_adopted()
         for node in (*result.path, *its_successors):
             self.routing.learn(node)
         log.info("%r joined via %s; successor %s", self, bootstrap, successor.address)
+
+    async def _until_adopted(self) -> None:
+        """Return once our successor names us as its predecessor, since until then
+        lookups of our keys end at it. A notify from behind a dead predecessor is
+        answered only after the successor has checked that one, which can take
+        longer than we wait for the reply; so look, and notify again, a few
+        times. A successor that does not answer is left to stabilize."""
+        for _ in range(JOIN_ATTEMPTS):
+            successor = self.routing.successor
+            if successor.id == self.me.id:
+                return
+            try:
+                predecessor, _ = await self.arc_of(successor)
+                if predecessor is not None and predecessor.id == self.me.id:
+                    return
+                if predecessor is not None and in_open(predecessor.id, self.me.id, successor.id):
+                    await self.maintenance.walk_back(predecessor)  # a closer node joined: follow it instead
+                    continue
+                await self.notify_peer(successor)
+            except (TransportError, RemoteError):
+                return
 
     async def _find_place_via(self, bootstrap: str) -> LookupResult:
         """Look up our own ID starting at the bootstrap node, retrying lost messages."""
@@ -183,8 +205,8 @@ class ChordNode:
             if attempt:  # give the ring a stabilize round to drop stale pointers
                 await trio.sleep(self.config.stabilize_interval)
             try:
-                entry = await self.ping_address(bootstrap)
-                return await self._iterate(self.me.id, entry, self.config.lookup_timeout, confirm=True)
+                entry = await self.peers.ping_address(bootstrap)
+                return await self.search(self.me.id, entry, self.config.lookup_timeout, confirm=True)
             except (TransportError, LookupFailed) as exc:
                 failure = exc
         raise failure
@@ -218,75 +240,21 @@ class ChordNode:
         except (TransportError, RemoteError) as exc:
             log.warning("%r: %s to %s failed: %s", self, method, node.address, exc)
 
-    # -- maintenance ---------------------------------------------------------------
+    # -- maintenance (dht.maintenance) --------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run stabilize, fix_fingers and check_predecessor until `stop` or cancellation."""
-        cfg = self.config
-        async with trio.open_nursery() as nursery:
-            self._maintenance = nursery.cancel_scope
-            nursery.start_soon(self.repeat, cfg.stabilize_interval, self.stabilize)
-            nursery.start_soon(self.repeat, cfg.fix_fingers_interval, self.fix_fingers)
-            nursery.start_soon(self.repeat, cfg.check_predecessor_interval, self.check_predecessor)
-            task_status.started()
+        """Keep the routing state right (`dht.maintenance`) until `stop` or cancellation."""
+        await self.maintenance.run(task_status=task_status)
 
     def stop(self) -> None:
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        self.maintenance.stop()
 
-    async def repeat(self, interval: float, action: Callable[[], Awaitable[None]]) -> None:
-        """Run `action` every `interval` seconds (with the node's jitter) until
-        cancelled. A failure is logged and the next round goes on: nothing a peer
-        sends ends a maintenance task."""
-        spread = self.config.jitter
-        while True:
-            await trio.sleep(interval * self.rng.uniform(1 - spread, 1 + spread))
-            try:
-                await action()
-            except (ChordError, ValueError) as exc:
-                log.debug("%r: %s failed: %s", self, action.__name__, exc)
-            except Exception:  # a bug, not a peer's doing: keep the node running and say so
-                log.exception("%r: %s failed unexpectedly", self, action.__name__)
+    async def repeat(self, interval: float, action: Callable[[], Awaitable[None]], purpose: str = "maintenance") -> None:
+        """Run `action` every `interval` seconds at the pace of maintenance (see
+        `Maintenance.repeat`), its traffic counted as `purpose`."""
+        await self.maintenance.repeat(interval, action, purpose)
 
-    async def stabilize(self) -> None:
-        """Verify our successor, adopt a closer one if it has appeared, and notify it.
-
-        A burst of joins can put many nodes between us and our successor; rather than
-        moving back one node per round, follow successor.predecessor while it is
-        closer, up to `MAX_STABILIZE_WALK` nodes in one round."""
-        routing = self.routing
-        while routing.successors:
-            successor = routing.successor
-            try:
-                between, its_successors = await self._notify(successor)
-            except (TransportError, RemoteError):
-                if routing.successor == successor:
-                    self._drop_unreachable(successor)
-                    log.info("%r: successor %s unreachable; next is %s", self, successor.address, routing.successor.address)
-                continue
-            if routing.successor != successor:
-                return  # changed while we waited (a leave notice, a closer joiner): next round
-            routing.set_successors(successor, its_successors)
-            await self._walk_back(between)
-            return
-        if routing.known_nodes():  # lost every successor, but not the ring
-            await self._rejoin()
-
-    async def _walk_back(self, between: NodeRef | None) -> None:
-        for _ in range(MAX_STABILIZE_WALK):
-            successor = self.routing.successor
-            if between is None or not in_open(between.id, self.me.id, successor.id):
-                return
-            try:
-                closer_between, closer_successors = await self._notify(between)
-            except (TransportError, RemoteError):
-                return
-            if self.routing.successor != successor:
-                return
-            self.routing.set_successors(between, closer_successors)
-            between = closer_between
-
-    def _drop_unreachable(self, node: NodeRef) -> bool:
+    def drop_unreachable(self, node: NodeRef) -> bool:
         """Forget a peer that did not answer, but remember it for later probes;
         return whether it was known."""
         known = self.routing.forget(node.id)
@@ -294,92 +262,24 @@ class ChordNode:
             self.departed.remember(node, trio.current_time())
         return known
 
-    async def _rejoin(self) -> None:
-        """Every successor failed: find the node after us again, starting from any
-        other node we still know. (Adopting our predecessor as successor, as a lone
-        node does, would close a small loop of its own beside the ring.)"""
-        after_me = (self.me.id + 1) % self.space.size
-        for node in self.routing.known_nodes():
-            try:
-                result = await self._iterate(after_me, node, self.config.lookup_timeout)
-            except ChordError:
-                self._drop_unreachable(node)
-                continue
-            if result.owner.id != self.me.id:
-                self.routing.set_successors(result.owner, result.successors[1:])
-                log.info("%r: lost every successor; found %s again", self, result.owner.address)
-                return
-
-    async def fix_fingers(self) -> None:
-        """Refresh the next finger, and every later finger the same node answers;
-        once per round of the table, check that no part of the ring skips us."""
-        index = self._next_finger
-        start = self.space.finger_start(self.me.id, index)
-        result = await self._iterate(start, self.me, self.config.lookup_timeout)
-        self._next_finger = self.routing.fill_fingers(index, result.owner)
-        if self._next_finger == 0:
-            await self.check_not_skipped()
-
-    async def check_not_skipped(self) -> None:
-        """Strong stabilization, after Liben-Nowell et al. After mass failures or a
-        healed partition the ring can settle into separate loops, each consistent
-        from inside, which stabilize never merges. Look up our own ID from another
-        node with ourselves kept out of the route: the node that answers precedes
-        us somewhere; if its successor lies past us, it is skipping us, so we tell
-        it (it checks the claim against its own view). The lookup starts from a
-        departed peer that answers again, if there is one (that finds a ring we
-        were cut off from), and otherwise from a random known node."""
-        start = await self._departed_peer_back()
-        if start is None:
-            others = self.routing.known_nodes()  # never includes us
-            if not others:
-                return
-            start = self.rng.choice(others)
-        result = await self._iterate(self.me.id, start, self.config.lookup_timeout, frozenset([self.me.id]))
-        if not result.path:
-            return
-        answerer = result.path[-1]
-        predecessor = self.routing.predecessor
-        if (predecessor is None or answerer.id != predecessor.id) and in_open(self.me.id, answerer.id, result.owner.id):
-            try:
-                if await self.ask(answerer, "consider_successor", self._flag, self.me.to_wire()):
-                    log.info("%r: %s was skipping us; it follows us now", self, answerer.address)
-            except (TransportError, RemoteError):
-                pass
-
-    async def _departed_peer_back(self) -> NodeRef | None:
-        """Probe the departed peer whose probe is most overdue; return it if it answers."""
-        node = self.departed.next_to_probe(trio.current_time())
-        if node is None:
-            return None
-        try:
-            answer = await self._ping(node)
-        except (TransportError, RemoteError):
-            self.departed.probe_failed(node, trio.current_time())
-            return None
-        self.departed.discard(node.id)
-        log.info("%r: departed peer %s answers again", self, node.address)
-        return answer
-
-    async def check_predecessor(self) -> None:
-        predecessor = self.routing.predecessor
-        if predecessor is None:
-            return
-        if not await self._answers_as(predecessor):
-            if self.routing.predecessor == predecessor:
-                self.routing.set_predecessor(None)
-                self.departed.remember(predecessor, trio.current_time())
-                log.info("%r: predecessor %s failed", self, predecessor.address)
-
     # -- lookups -------------------------------------------------------------------
 
     async def lookup(self, key: int, timeout: float | None = None) -> LookupResult:
         """Find successor(key), driving each hop from here and skipping dead hops;
-        the owner confirms the answer (`dht.lookup.confirm_owner`)."""
+        the owner confirms the answer (`dht.lookup.confirm_owner`). A lookup that
+        passes the hop limit starts again from a random known node, once."""
         self.space.check(key)
-        return await self._iterate(key, self.me, timeout or self.config.lookup_timeout, confirm=True)
+        deadline = trio.current_time() + (timeout or self.config.lookup_timeout)
+        try:
+            return await self.search(key, self.me, deadline - trio.current_time(), confirm=True)
+        except RoutingLoop as loop:
+            others = self.routing.known_nodes()
+            if not others:
+                raise
+            log.debug("%r: %s; starting again elsewhere", self, loop)
+            return await self.search(key, self.rng.choice(others), deadline - trio.current_time(), confirm=True)
 
-    async def _iterate(
+    async def search(
         self, key: int, origin: NodeRef, timeout: float, exclude: frozenset[int] = frozenset(), confirm: bool = False
     ) -> LookupResult:
         """Iterative routing (`dht.lookup`) from `origin`: this node, answered from
@@ -392,23 +292,29 @@ class ChordNode:
         converging within 600 s)."""
         return await iterate(
             self.space, key, origin, self._step, timeout, exclude=exclude, local_address=self.me.address, on_dead=self._on_dead_hop,
-            arc=self._arc if confirm else None,
+            arc=self.arc_of if confirm else None, max_steps=hop_limit(self.routing.estimated_size()),
         )
 
     def _on_dead_hop(self, hop: NodeRef, error: ChordError) -> None:
-        if self._drop_unreachable(hop):
+        if self.drop_unreachable(hop):
             log.debug("%r: dropped unresponsive %s: %s", self, hop.address, error)
 
     async def _step(self, hop: NodeRef, key: int, dead: frozenset[int]) -> tuple[bool, list[NodeRef]]:
         if hop.address == self.me.address:
             answer = self.routing.route(key, None, dead)
             return isinstance(answer, Owner), answer.nodes
-        return await remote_step(self.call, self.space, hop, key, dead)
+        return await remote_step(self._call_once, self.space, hop, key, dead)
 
-    async def _arc(self, node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
+    async def arc_of(self, node: NodeRef, patient: bool = False) -> tuple[NodeRef | None, list[NodeRef]]:
+        """The arc `node` believes it owns: (its predecessor, its successors);
+        `patient` waits the fixed timeout rather than the measured one."""
         if node.address == self.me.address:
             return self.routing.arc_start(), list(self.routing.successors)
-        return messages.arc_reply(await self.call(node, "arc"), self.space)
+        return messages.arc_reply(await self.peers.call(node, "arc", patient=patient), self.space)
+
+    async def _call_once(self, node: NodeRef, method: str, *args: Any) -> Any:
+        """A lookup's call: one attempt, since a lookup routes around a silent hop."""
+        return await self.peers.call(node, method, *args, attempts=1)
 
     # -- serving -------------------------------------------------------------------
 
@@ -433,7 +339,12 @@ class ChordNode:
         answer = self.routing.route(key, self.config.candidates_per_step, dead)
         return ["owner" if isinstance(answer, Owner) else "next", refs_to_wire(answer.nodes)]
 
-    def _on_notify(self, caller: PeerIdentity, args: list[Any]) -> list[Any]:
+    def _on_notify(self, caller: PeerIdentity, args: list[Any]) -> list[Any] | Awaitable[list[Any]]:
+        """A node says it may be our predecessor. Adopt it when it is closer than
+        the one we have. When it lies before ours, it does not know ours: either it
+        is behind the times or ours is dead, and only a ping tells which (the
+        reply waits for it, so a node that joins behind a dead predecessor is
+        adopted before its join returns, not one check_predecessor later)."""
         (value,) = messages.arguments(args, 1, "notify")
         candidate = messages.self_arg(value, self.space, caller, "notify")
         routing = self.routing
@@ -441,14 +352,41 @@ class ChordNode:
         # A node that knows no other (a new ring's founder, or the last one left)
         # takes the notifier as its successor too; one that merely lost its
         # successors must not, or it closes a small loop beside the ring.
-        lonely = not routing.successors and not routing.known_nodes()
+        lonely = not routing.successors and not routing.known_nodes() and not routing.cut_off
         if candidate.id != self.me.id:
             if predecessor is None or in_open(candidate.id, predecessor.id, self.me.id):
                 routing.set_predecessor(candidate)
                 log.info("%r: predecessor is now %s", self, candidate.address)
+            elif candidate.id != predecessor.id:
+                return self._notified_behind(candidate, predecessor)
             if lonely:
                 routing.set_successors(candidate, [])
-        return [predecessor.to_wire() if predecessor else None, refs_to_wire(routing.successors)]
+        return self._notify_reply(predecessor)
+
+    async def _notified_behind(self, candidate: NodeRef, predecessor: NodeRef) -> list[Any]:
+        """Check the predecessor (one check at a time, in the node's own tasks, so
+        that it finishes even if the notifier stops waiting), then reply."""
+        checked = self._predecessor_check
+        if checked is None:
+            checked = self._predecessor_check = trio.Event()
+            if not self.maintenance.start_soon(self._check_behind, candidate, predecessor, checked):
+                await self._check_behind(candidate, predecessor, checked)
+        await checked.wait()
+        current = self.routing.predecessor
+        return self._notify_reply(None if current is not None and current.id == candidate.id else current)
+
+    async def _check_behind(self, candidate: NodeRef, predecessor: NodeRef, checked: trio.Event) -> None:
+        try:
+            if not await self.answers_as(predecessor) and self.routing.predecessor == predecessor:
+                self.departed.remember(predecessor, trio.current_time())
+                self.routing.set_predecessor(candidate)
+                log.info("%r: predecessor %s failed; %s follows it", self, predecessor.address, candidate.address)
+        finally:
+            self._predecessor_check = None
+            checked.set()
+
+    def _notify_reply(self, predecessor: NodeRef | None) -> list[Any]:
+        return [predecessor.to_wire() if predecessor else None, refs_to_wire(self.routing.successors)]
 
     def _on_consider_successor(self, caller: PeerIdentity, args: list[Any]) -> bool:
         (value,) = messages.arguments(args, 1, "consider_successor")
@@ -464,7 +402,7 @@ class ChordNode:
         leaver = messages.self_arg(leaver_wire, self.space, caller, "successor_leaving")
         its_successors = [n for n in messages.refs_arg(successors_wire, self.space, "successor_leaving") if n.id != self.me.id]
         was_successor = self.routing.successor.id == leaver.id
-        self.routing.forget(leaver.id)
+        self.routing.forget(leaver.id, gracefully=True)
         self.departed.discard(leaver.id)
         if was_successor and its_successors:
             self.routing.set_successors(its_successors[0], its_successors[1:])
@@ -478,7 +416,7 @@ class ChordNode:
         leaver = messages.self_arg(leaver_wire, self.space, caller, "predecessor_leaving")
         replacement = None if predecessor_wire is None else messages.node_arg(predecessor_wire, self.space, "predecessor_leaving")
         was_predecessor = self.routing.predecessor is not None and self.routing.predecessor.id == leaver.id
-        self.routing.forget(leaver.id)
+        self.routing.forget(leaver.id, gracefully=True)
         self.departed.discard(leaver.id)
         if not was_predecessor:
             return None
@@ -488,16 +426,16 @@ class ChordNode:
         return self._adopt_predecessor(replacement)
 
     async def _adopt_predecessor(self, candidate: NodeRef) -> None:
-        if await self._answers_as(candidate) and self.routing.predecessor is None:  # nobody closer notified us meanwhile
+        if await self.answers_as(candidate) and self.routing.predecessor is None:  # nobody closer notified us meanwhile
             self.routing.set_predecessor(candidate)
 
-    async def _answers_as(self, node: NodeRef) -> bool:
+    async def answers_as(self, node: NodeRef) -> bool:
         try:
-            return await self._ping(node) == node
+            return await self.ping(node) == node
         except (TransportError, RemoteError):
             return False
 
-    async def _ping(self, node: NodeRef) -> NodeRef:
+    async def ping(self, node: NodeRef) -> NodeRef:
         """Who answers a ping at node's address (checked against node's ID)."""
         return await self.ask(node, "ping", lambda reply: messages.ping_reply(reply, self.space))
 

@@ -97,6 +97,8 @@ class RoutingTable:
         self.successors: list[NodeRef] = []
         self.fingers: list[NodeRef | None] = [None] * space.bits
         self._candidates: list[NodeRef] | None = None
+        self.cut_off = False  # every node it knew stopped answering: it is not alone, only lost
+
 
     # -- reading -----------------------------------------------------------------
 
@@ -115,6 +117,15 @@ class RoutingTable:
         if self.predecessor is not None and all(n.id != self.predecessor.id for n in nodes):
             nodes.append(self.predecessor)
         return nodes
+
+    def estimated_size(self) -> int:
+        """About how many nodes the ring has, from how densely the successor list
+        covers the circle (Mercury's and Viceroy's estimate): r successors over a
+        distance d suggest r · 2^bits / d nodes. At least the nodes known."""
+        if not self.successors:
+            return 1
+        span = self.space.distance(self.me.id, self.successors[-1].id) or self.space.size
+        return max(len(self.successors) * self.space.size // span, len(self.successors) + 1)
 
     def arc_start(self) -> NodeRef | None:
         """The nearest node before this one that it knows of: its predecessor, or,
@@ -137,8 +148,9 @@ class RoutingTable:
         successors = [n for n in self.successors if n.id not in exclude] if exclude else self.successors
         predecessor = self.predecessor if self.predecessor and self.predecessor.id not in exclude else None
         # Alone only when it knows no other node at all: one that lost its successors
-        # and predecessor but keeps fingers must not claim the whole ring.
-        alone = predecessor is None and not successors and not self._routing_candidates()
+        # and predecessor but keeps fingers must not claim the whole ring, nor one
+        # that lost every node it knew (`cut_off`).
+        alone = predecessor is None and not successors and not self._routing_candidates() and not self.cut_off
         if alone or (predecessor is not None and in_half_open(key, predecessor.id, self.me.id)):
             return Owner([self.me, *successors])
         if not successors:  # lost them all: forward through whatever else we know
@@ -161,6 +173,8 @@ class RoutingTable:
 
     def set_successors(self, successor: NodeRef, its_successors: Sequence[NodeRef]) -> None:
         merged = merge_successor_list(self.me, successor, its_successors, self.successor_list_size)
+        if merged:
+            self.cut_off = False
         if merged != self.successors:  # most stabilize rounds change nothing: keep the candidates
             self.successors = merged
             self._candidates = None
@@ -190,8 +204,10 @@ class RoutingTable:
             self.fingers[index] = node
             self._candidates = None
 
-    def forget(self, node_id: int) -> bool:
-        """Drop a node believed dead from every table; return whether it was known."""
+    def forget(self, node_id: int, gracefully: bool = False) -> bool:
+        """Drop a node believed dead (or one that left `gracefully`) from every
+        table; return whether it was known. Losing the last known node to a
+        failure leaves the table `cut_off`."""
         known = False
         if self.predecessor is not None and self.predecessor.id == node_id:
             self.predecessor = None
@@ -206,6 +222,8 @@ class RoutingTable:
                 known = True
         if known:
             self._candidates = None
+            if not gracefully and self.predecessor is None and not self.successors and not self._routing_candidates():
+                self.cut_off = True
         return known
 
     def _routing_candidates(self) -> list[NodeRef]:

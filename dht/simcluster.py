@@ -62,6 +62,7 @@ class LookupTally:
             "p99_hops": percentile(hops, 0.99),
             "max_hops": hops[-1] if hops else 0,
             "mean_latency": sum(latencies) / len(latencies) if latencies else 0.0,
+            "p50_latency": percentile(latencies, 0.50),
             "p99_latency": percentile(latencies, 0.99),
         }
 
@@ -96,6 +97,8 @@ class SimCluster:
         self._scopes: dict[str, trio.CancelScope] = {}
         self._serial = 0
         self._ids: list[int] = []
+        self._joining: set[int] = set()  # IDs of nodes whose join is under way
+        self._leaving: set[int] = set()  # IDs of nodes whose graceful leave is under way
         self._addresses: list[str] = []
 
     # -- membership -----------------------------------------------------------------
@@ -126,12 +129,15 @@ class SimCluster:
         node = self._make_node(address, node_id)
         if bootstrap is None and self.nodes:
             bootstrap = self.rng.choice(sorted(self.nodes))
+        self._joining.add(node.me.id)
         try:
             await node.join(bootstrap)
         except BaseException:
             self.network.crash(node.me.address)  # never half-attached
             self.services.pop(node.me.address, None)
             raise
+        finally:
+            self._joining.discard(node.me.id)
         self._register(node)
         self._scopes[node.me.address] = await self.nursery.start(self._run, node, self.services.get(node.me.address))
         return node
@@ -195,8 +201,12 @@ class SimCluster:
         """A graceful leave (handing off blocks first when storing), then the node is gone."""
         service = self.services.get(address)
         node = self._unregister(address)
-        await (service.leave() if service is not None else node.leave())
-        self.network.crash(address)
+        self._leaving.add(node.me.id)
+        try:
+            await (service.leave() if service is not None else node.leave())
+        finally:
+            self._leaving.discard(node.me.id)
+            self.network.crash(address)
         return node
 
     # -- storage --------------------------------------------------------------------------
@@ -250,6 +260,23 @@ class SimCluster:
         index = bisect.bisect_left(self._ids, key)
         return self._ids[index % len(self._ids)]
 
+    def right_owners(self, key: int) -> set[int]:
+        """The owners a lookup of `key` may rightly name at this moment: the live
+        node at or after it, or a node whose join or graceful leave is under way
+        and lies between them, since either takes effect at some moment while it
+        runs."""
+        owner = self.owner_id(key)
+        size = 1 << self.config.bits
+        span = (owner - key) % size
+        return {owner, *(ident for ident in self._joining | self._leaving if (ident - key) % size < span)}
+
+    def judge(self, key: int, answer: int, right_at_start: set[int]) -> bool:
+        """Whether a lookup that named `answer` was right: it named the owner at
+        some moment while it ran, which for a lookup that saw no more than one
+        change of membership means at its start or now (linearizability: an
+        operation takes effect between its call and its return)."""
+        return answer in right_at_start or answer in self.right_owners(key)
+
     def ring_errors(self) -> list[str]:
         """Every successor or predecessor pointer that disagrees with the true ring."""
         by_id = self._by_id()
@@ -271,6 +298,18 @@ class SimCluster:
     def is_converged(self) -> bool:
         return not self.ring_errors()
 
+    def successor_lists_right(self) -> bool:
+        """Every live node's successor list is exactly the live nodes that follow
+        it, as many as the list holds (Zave's invariant, with the ring's order)."""
+        ids, count = self._ids, len(self._ids)
+        want = min(self.config.successor_list_size, count - 1)
+        by_id = self._by_id()
+        for index, ident in enumerate(ids):
+            actual = [node.id for node in by_id[ident].routing.successors]
+            if actual != [ids[(index + k) % count] for k in range(1, want + 1)]:
+                return False
+        return True
+
     def successor_lists_full(self) -> bool:
         """Every live node's successor list is as long as the ring allows."""
         want = min(self.config.successor_list_size, len(self.nodes) - 1)
@@ -285,23 +324,24 @@ class SimCluster:
                     return False
         return True
 
-    async def run_lookups(self, count: int, parallel: int = 100) -> LookupTally:
+    async def run_lookups(self, count: int, parallel: int = 100, deadline: float | None = None) -> LookupTally:
         """Look up `count` random keys from random live nodes, `parallel` at a time,
+        each within `deadline` seconds (by default the node's lookup timeout),
         judging each answer against the true owner when it arrives."""
         tally = LookupTally()
 
         async def one() -> None:
             key = self.rng.getrandbits(self.config.bits)
-            started = trio.current_time()
+            started, right_at_start = trio.current_time(), self.right_owners(key)
             try:
-                result = await self.random_node().lookup(key)
+                result = await self.random_node().lookup(key, deadline)
             except LookupFailed:
                 tally.failed += 1
                 return
             tally.latencies.append(trio.current_time() - started)
             tally.hops.append(result.hops)
             tally.timeouts += result.timeouts
-            if result.owner.id == self.owner_id(key):
+            if self.judge(key, result.owner.id, right_at_start):
                 tally.correct += 1
             else:
                 tally.wrong += 1

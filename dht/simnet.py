@@ -21,7 +21,7 @@ import trio
 
 from .errors import CallTimeout, IdentityMismatch, RemoteError
 from .identity import UNAUTHENTICATED, PeerIdentity
-from .messages import TRAFFIC_KIND
+from .messages import traffic_kind
 from .transport import Handler, remote_error_of
 from .wire import pack, unpack
 
@@ -129,7 +129,7 @@ class SimNetwork:
         data = pack(payload)
         size = len(data) + 4  # the length prefix
         stats.bytes += size
-        kind = TRAFFIC_KIND.get(method, "other")
+        kind = traffic_kind(method)
         stats.bytes_by_kind[kind] = stats.bytes_by_kind.get(kind, 0) + size
         return unpack(data) if self.check_wire else payload
 

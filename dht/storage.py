@@ -134,7 +134,7 @@ class BlockService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Repair periodically (with the node's jitter) until cancelled."""
         task_status.started()
-        await self.node.repeat(self.config.repair_interval, self.repair)
+        await self.node.repeat(self.config.repair_interval, self.repair, purpose="data")
 
     async def repair(self) -> None:
         """One maintenance pass: bring our successors level with our own arc, then

@@ -523,17 +523,17 @@ class Liar:
         decoder, requests = FrameDecoder(), itertools.count(1)
         while True:
             with trio.fail_after(WAIT):
+                notify, consider = next(requests), next(requests)
                 await link.send_all(
-                    encode_request(next(requests), "notify", [self.ref()])
-                    + encode_request(next(requests), "consider_successor", [self.ref()])
+                    encode_request(notify, "notify", [self.ref()]) + encode_request(consider, "consider_successor", [self.ref()])
                 )
-                for method in ("notify", "consider_successor"):
+                for _ in range(2):  # replies come in the order they are ready: match them by request id
                     while (payload := decoder.next_payload()) is None:
                         if not (data := await link.receive_some()):
                             raise trio.BrokenResourceError(f"{target} hung up")
                         decoder.feed(data)
-                    _, ok, result = unpack(payload)
-                    if ok and method == "consider_successor" and result is True:
+                    request, ok, result = unpack(payload)
+                    if ok and request == consider and result is True:
                         self.adopted[target] += 1
             await trio.sleep(0.1)
 

@@ -28,11 +28,12 @@ def ref(ident: int) -> NodeRef:
 
 
 def arcs(table: dict[int, tuple[int | None, list[int]] | None]):  # type: ignore[no-untyped-def]
-    """An Arc from {node: (predecessor, successors)}; None makes the node unreachable."""
+    """An Arc from {node: (predecessor, successors)}; None makes the node unreachable.
+    `asked` lists the nodes asked, a predecessor asked patiently as its negative ID."""
     asked: list[int] = []
 
-    async def arc(node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
-        asked.append(node.id)
+    async def arc(node: NodeRef, patient: bool) -> tuple[NodeRef | None, list[NodeRef]]:
+        asked.append(-node.id if patient else node.id)
         entry = table[node.id]
         if entry is None:
             raise TransportError(f"{node.address} is down")
@@ -52,7 +53,7 @@ async def test_a_joiner_the_hop_does_not_know_yet_is_found_through_the_owners_pr
     """The hop (40) still names 50, but 47 joined and told 50: key 45 is 47's."""
     arc, asked = arcs({50: (47, [60]), 47: (40, [50, 60])})
     assert await confirm_owner(SPACE, 45, [ref(50)], arc, set()) == [ref(47), ref(50), ref(60)]
-    assert asked == [50, 47]
+    assert asked == [50, -47]  # the predecessor patiently: taking it for dead would name 50
 
 
 async def test_a_dead_predecessor_leaves_the_node_after_it_as_owner() -> None:
@@ -60,6 +61,15 @@ async def test_a_dead_predecessor_leaves_the_node_after_it_as_owner() -> None:
     dead: set[int] = set()
     assert await confirm_owner(SPACE, 45, [ref(50)], arc, dead) == [ref(50), ref(60)]
     assert dead == {47}
+
+
+async def test_a_predecessor_this_lookup_found_silent_is_asked_again() -> None:
+    """A lost message is not a dead node: 50 still counts on 47, so 47 is asked
+    (patiently) rather than skipped, and it owns key 45."""
+    arc, asked = arcs({50: (47, [60]), 47: (40, [50, 60])})
+    dead = {47}
+    assert await confirm_owner(SPACE, 45, [ref(50)], arc, dead) == [ref(47), ref(50), ref(60)]
+    assert asked == [50, -47] and dead == set()
 
 
 async def test_a_named_owner_that_is_down_is_reported_to_the_caller() -> None:
@@ -77,7 +87,7 @@ async def test_a_named_owner_that_knows_nobody_is_not_believed() -> None:
 async def test_the_walk_back_passes_several_joiners() -> None:
     arc, asked = arcs({50: (48, [60]), 48: (46, [50]), 46: (30, [48])})
     assert (await confirm_owner(SPACE, 45, [ref(50)], arc, set()))[0] == ref(46)
-    assert asked == [50, 48, 46]
+    assert asked == [50, -48, -46]
 
 
 async def test_a_walk_that_never_ends_fails_within_its_bound() -> None:

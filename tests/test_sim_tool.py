@@ -19,6 +19,8 @@ from tools.sim import SimOptions, run
 SUMMARY_KEYS = {
     "scenario", "nodes", "lookups", "lookup_success_rate", "correct_rate", "mean_hops", "p99_hops",
     "wall_seconds", "seed", "virtual_seconds", "messages", "msgs_per_node_per_s", "bytes_per_node_per_s",
+    "maintenance_bytes_per_node_per_s", "lookup_bytes_per_node_per_s", "repair_bytes_per_node_per_s",
+    "p50_latency", "p99_latency", "median_rtt",
 }
 
 
@@ -41,14 +43,38 @@ def test_static_summary_has_the_report_fields(summary_64: dict[str, Any]) -> Non
 
 
 def test_wire_bytes_per_node_are_split_by_what_they_are_for() -> None:
-    """Encoded frames counted by kind (issue 13): a churn run with blocks has all
-    three, and they add up to the total."""
+    """Encoded frames counted by purpose (issue 13): a churn run with blocks has
+    all three, and they add up to the total; a node's own finger lookups count as
+    maintenance, so a static run with nothing but lookups has no maintenance."""
     summary = run(SimOptions(scenario="churn", nodes=24, rate=0.1, duration=60.0, lookup_rate=2.0, blocks=20, seed=3))
-    rates = summary["bytes_per_node_per_s"]
-    assert rates["maintenance"] > 0 and rates["lookup"] > 0 and rates["data"] > 0
-    assert rates["total"] == pytest.approx(rates["maintenance"] + rates["lookup"] + rates["data"], abs=0.2)
-    static = run(SimOptions(nodes=16, lookups=50, seed=2))["bytes_per_node_per_s"]
-    assert static["lookup"] > 0 and static["data"] == 0 and static["maintenance"] == 0  # a static run only looks up
+    parts = [summary[f"{kind}_bytes_per_node_per_s"] for kind in ("maintenance", "lookup", "repair")]
+    assert all(part > 0 for part in parts)
+    assert summary["bytes_per_node_per_s"] == pytest.approx(sum(parts), abs=0.2)
+    maintenance_only = run(SimOptions(scenario="churn", nodes=24, rate=0.0, duration=60.0, lookup_rate=0.0, blocks=0, seed=3))
+    assert maintenance_only["lookup_bytes_per_node_per_s"] == 0  # no lookup of the load, yet fingers were looked up
+    assert maintenance_only["maintenance_bytes_per_node_per_s"] > 0
+    static = run(SimOptions(nodes=16, lookups=50, seed=2))
+    assert static["lookup_bytes_per_node_per_s"] > 0
+    assert static["maintenance_bytes_per_node_per_s"] == static["repair_bytes_per_node_per_s"] == 0
+
+
+def test_latency_figures_follow_the_model() -> None:
+    """p50 and p99 lookup latency and the median round trip of the model (issue 13):
+    the constant model's round trip is twice its latency; geo's median is near
+    150 ms, and every lookup takes at least one round trip."""
+    constant = run(SimOptions(nodes=32, lookups=200, seed=4, latency=0.02))
+    assert constant["median_rtt"] == pytest.approx(0.04)
+    assert 0 < constant["p50_latency"] <= constant["p99_latency"]
+    geo = run(SimOptions(nodes=64, lookups=300, seed=4, latency_model="geo"))
+    assert 0.12 < geo["median_rtt"] < 0.18 and geo["p99_rtt"] > 1.5 * geo["median_rtt"]
+    assert geo["correct_rate"] == 1.0 and geo["p50_latency"] > geo["median_rtt"] / 2
+
+
+def test_lookup_deadline_fails_slow_lookups() -> None:
+    """--lookup-deadline: a lookup that cannot finish in time counts as failed, not wrong."""
+    hurried = run(SimOptions(nodes=64, lookups=200, seed=4, latency_model="geo", lookup_deadline=0.1))
+    assert hurried["failed"] > 0 and hurried["wrong"] == 0
+    assert hurried["failed"] + round(hurried["correct_rate"] * 200) == 200
 
 
 def test_same_seed_repeats_exactly_and_another_seed_differs(summary_64: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ from dht.tcp import open_tcp_transport
 from dht.tls import TlsCredentials
 from .originrun import add_origin_command
 
-from . import files, sim, simreport
+from . import files, sim, simreport, simsweep
 from .argtypes import address, byte_size, checked, integer, positive
 from .cdndemo import run_cdn_demo
 from .cluster import add_cluster_command
@@ -203,32 +203,11 @@ def cmd_get(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    try:
-        options = sim.SimOptions(
-            scenario=args.scenario,
-            nodes=args.nodes,
-            lookups=args.lookups,
-            seed=args.seed,
-            bits=args.bits,
-            build=args.build,
-            latency=args.latency,
-            stabilize_interval=args.stabilize_interval,
-            successors=args.successors,
-            duration=args.duration,
-            fail_fraction=args.fail_fraction,
-            rate=args.rate,
-            lookup_rate=args.lookup_rate,
-            blocks=args.blocks,
-            replicas=args.replicas,
-            graceful_fraction=args.graceful_fraction,
-            sample_interval=args.sample_interval,
-            repair_interval=args.repair_interval,
-            session_median=args.session_median or 0.0,
-            sessions=args.sessions,
-            events=tuple(load_events(args.events)) if args.events else (),
-        )
-    except ValueError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from None
+    if args.action == "sweep":
+        return cmd_sim_sweep(args)
+    if args.grid:
+        raise CliError("--grid is for `chordcdn sim sweep`", EXIT_USAGE)
+    options = sim_options(args)
     if args.log_level != "DEBUG":  # thousands of simulated nodes would drown the report
         logging.getLogger("dht").setLevel(logging.WARNING)
     with files.progress_bar("virtual time", None, options.scenario != "static") as advance:
@@ -245,6 +224,64 @@ def cmd_sim(args: argparse.Namespace) -> int:
     lines = [f"{key:24} {value:.4g}" if isinstance(value, float) else f"{key:24} {value}" for key, value in summary.items()]
     emit(summary, args.json, lines)
     return 0
+
+
+def cmd_sim_sweep(args: argparse.Namespace) -> int:
+    """Run the scenario over every point of --grid, on local cores or a Dask cluster."""
+    try:
+        grid = simsweep.parse_grid(args.grid or [])
+        if not grid:
+            raise simsweep.SweepError("a sweep needs at least one --grid NAME=V1,V2,...")
+        chosen = simsweep.points(sim_options(args), grid)
+    except simsweep.SweepError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    logging.getLogger("dht").setLevel(logging.WARNING)
+    print(f"sweep: {len(chosen)} runs on {args.scheduler or 'local processes'}", file=sys.stderr)
+    try:
+        rows = simsweep.table(grid, simsweep.run_grid(chosen, args.workers, args.scheduler))
+    except OSError as exc:
+        raise CliError(f"cannot reach the Dask scheduler at {args.scheduler}: {exc}", EXIT_UNREACHABLE) from None
+    if args.out:
+        written = simreport.write_sweep_outputs(grid, rows, Path(args.out))
+        print(f"wrote {', '.join(str(path) for path in written)}", file=sys.stderr)
+    header = list(rows[0])
+    lines = ["  ".join(f"{name:>12}" for name in header)]
+    lines += ["  ".join(f"{value:>12.4g}" if isinstance(value, float) else f"{value!s:>12}" for value in row.values()) for row in rows]
+    emit({"grid": grid, "rows": rows}, args.json, lines)
+    return 0
+
+
+def sim_options(args: argparse.Namespace) -> sim.SimOptions:
+    """The sim options the flags give (CliError on a bad combination)."""
+    try:
+        return sim.SimOptions(
+            scenario=args.scenario,
+            nodes=args.nodes,
+            lookups=args.lookups,
+            seed=args.seed,
+            bits=args.bits,
+            build=args.build,
+            latency=args.latency,
+            latency_model=args.latency_model,
+            lookup_deadline=args.lookup_deadline or 0.0,
+            stabilize_interval=args.stabilize_interval,
+            min_stabilize_interval=args.min_stabilize_interval or 0.0,
+            successors=args.successors,
+            duration=args.duration,
+            fail_fraction=args.fail_fraction,
+            rate=args.rate,
+            lookup_rate=args.lookup_rate,
+            blocks=args.blocks,
+            replicas=args.replicas,
+            graceful_fraction=args.graceful_fraction,
+            sample_interval=args.sample_interval,
+            repair_interval=args.repair_interval,
+            session_median=args.session_median or 0.0,
+            sessions=args.sessions,
+            events=tuple(load_events(args.events)) if args.events else (),
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -319,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     lookup.set_defaults(run=cmd_lookup)
 
     simulate = commands.add_parser("sim", help="run real node code on a simulated network in virtual time")
+    simulate.add_argument("action", nargs="?", default="run", choices=["run", "sweep"],
+                          help="run: one scenario (default); sweep: the scenario over every point of --grid")
+    simulate.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
+                          help="sweep: a setting and its values, e.g. session_median=1.4m,1h (repeat for more settings)")
+    simulate.add_argument("--workers", type=integer(1, 1024), metavar="N", help="sweep: local processes (default: one per core)")
+    simulate.add_argument("--scheduler", metavar="ADDRESS", help="sweep: run on this Dask distributed scheduler, e.g. tcp://10.0.0.5:8786")
     simulate.add_argument("--scenario", default="static", choices=sorted(sim.SCENARIOS))
     simulate.add_argument("--nodes", type=int, default=1024)
     simulate.add_argument("--lookups", type=int, default=10_000)
@@ -326,8 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--bits", type=int, default=DEFAULT_BITS)
     simulate.add_argument("--build", default="ideal", choices=sim.BUILDS,
                           help="ideal: install stabilized routing state; join: real joins, then wait for stabilization")
-    simulate.add_argument("--latency", type=positive(), default=0.01, metavar="S", help="one-way link latency")
-    simulate.add_argument("--stabilize-interval", type=positive(), default=30.0, metavar="S")
+    simulate.add_argument("--latency", type=positive(), default=0.01, metavar="S", help="one-way link latency (constant model)")
+    simulate.add_argument("--latency-model", default="constant", choices=sim.MODELS,
+                          help="constant: --latency on every link; geo: nodes on a globe, median round trip about 150 ms")
+    simulate.add_argument("--lookup-deadline", type=duration, metavar="S", help="a lookup not answered within S counts as failed (default: 10 s)")
+    simulate.add_argument("--stabilize-interval", type=positive(), default=30.0, metavar="S",
+                          help="maintenance interval while nothing changes (also fingers and predecessor checks)")
+    simulate.add_argument("--min-stabilize-interval", type=positive(), metavar="S",
+                          help="as neighbours churn, shorten maintenance down to this (default: fixed intervals)")
     simulate.add_argument("--successors", type=int, default=8, metavar="R")
     simulate.add_argument("--duration", type=duration, default=600.0, help="virtual time after the set-up: 2h, 90m, 3600s or 3600")
     simulate.add_argument("--fail-fraction", type=fraction, default=0.2, metavar="P", help="fail: share of nodes that crash at once")

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from dht.latency import MODELS, make_model, round_trip_percentiles
 from dht.node import NodeConfig
 from dht.simcluster import SimCluster
 from dht.simnet import SimNetwork
@@ -28,6 +29,7 @@ from .simscenarios import Progress, churn_scenario, fail_scenario
 
 BUILDS = ("ideal", "join")
 SESSION_DISTRIBUTIONS = ("exponential", "pareto")
+BYTE_KINDS = (("maintenance", "maintenance"), ("lookup", "lookup"), ("data", "repair"))
 LATENCY_JITTER = 0.1  # ±10% per message; also keeps timer deadlines distinct (see SimNetwork)
 
 
@@ -39,9 +41,12 @@ class SimOptions:
     seed: int = 1
     bits: int = 256
     build: str = "ideal"
-    latency: float = 0.01
+    latency: float = 0.01  # one way, for the constant model; the floor of call timeouts for both
+    latency_model: str = "constant"
+    lookup_deadline: float = 0.0  # seconds a measured lookup may take (0: the node's lookup timeout)
     parallel: int = 100
     stabilize_interval: float = 30.0
+    min_stabilize_interval: float = 0.0  # adapt to churn down to this (dht.pace); 0: fixed intervals
     successors: int = 8
     duration: float = 600.0
     fail_fraction: float = 0.2
@@ -76,8 +81,14 @@ class SimOptions:
             raise ValueError(f"sessions must be one of {', '.join(SESSION_DISTRIBUTIONS)}")
         if not (math.isfinite(self.session_median) and self.session_median >= 0):
             raise ValueError("session median must be a finite number of seconds, or 0 for off")
+        if not (math.isfinite(self.min_stabilize_interval) and self.min_stabilize_interval >= 0):
+            raise ValueError("the shortest stabilize interval must be a number of seconds, or 0 for fixed intervals")
         if self.events and self.scenario == "static":
             raise ValueError("fixed events need the fail or churn scenario")
+        if self.latency_model not in MODELS:
+            raise ValueError(f"unknown latency model {self.latency_model!r}; choose from {', '.join(MODELS)}")
+        if not (math.isfinite(self.lookup_deadline) and self.lookup_deadline >= 0):
+            raise ValueError("lookup deadline must be a finite number of seconds, or 0 for the node's own")
         if self.blocks < 0 or self.replicas < 1:
             raise ValueError("blocks must not be negative and replicas must be at least 1")
 
@@ -92,7 +103,9 @@ class SimOptions:
             self.stabilize_interval,
             bits=self.bits,
             successor_list_size=self.successors,
-            rpc_timeout=max(0.5, 50 * self.latency),
+            rpc_timeout=max(0.5 if self.latency_model == "constant" else 1.0, 50 * self.latency),
+            min_rpc_timeout=5 * self.latency,
+            min_stabilize_interval=min(self.min_stabilize_interval or self.stabilize_interval, self.stabilize_interval),
             lookup_timeout=max(10.0, 500 * self.latency),
         )
 
@@ -115,7 +128,7 @@ async def build_ring(cluster: SimCluster, options: SimOptions) -> dict[str, Any]
 async def static_scenario(cluster: SimCluster, options: SimOptions, progress: Progress | None = None) -> dict[str, Any]:
     built = await build_ring(cluster, options)
     messages_before = cluster.network.stats.messages
-    tally = await cluster.run_lookups(options.lookups, options.parallel)
+    tally = await cluster.run_lookups(options.lookups, options.parallel, options.lookup_deadline or None)
     return {
         **built,
         **tally.summary(),
@@ -129,7 +142,7 @@ Scenario = Callable[[SimCluster, SimOptions, Progress | None], Awaitable[dict[st
 SCENARIOS: dict[str, Scenario] = {"static": static_scenario, "fail": fail_scenario, "churn": churn_scenario}
 
 
-def _seed_trio_scheduler(seed: int) -> None:
+def seed_trio_scheduler(seed: int) -> None:
     """trio shuffles each batch of runnable tasks with a module-level Random; seeding
     it (a private attribute, so guarded) makes a run repeat exactly."""
     scheduler_random = getattr(trio._core._run, "_r", None)
@@ -144,9 +157,10 @@ def run(options: SimOptions) -> dict[str, Any]:
 
 def _bytes_per_node_per_s(by_kind: dict[str, int], nodes_seconds: float) -> dict[str, float]:
     """Wire bytes per live node per virtual second: in all, and for routing
-    maintenance, lookups and data (`dht.messages.TRAFFIC_KIND`)."""
-    rates = {kind: round(by_kind.get(kind, 0) / nodes_seconds, 1) for kind in ("maintenance", "lookup", "data")}
-    return {"total": round(sum(by_kind.values()) / nodes_seconds, 1), **rates}
+    maintenance (a node's own finger and join lookups included), lookups, and
+    data repair (`dht.messages.traffic_kind`)."""
+    rates = {f"{name}_bytes_per_node_per_s": round(by_kind.get(kind, 0) / nodes_seconds, 1) for kind, name in BYTE_KINDS}
+    return {"bytes_per_node_per_s": round(sum(by_kind.values()) / nodes_seconds, 1), **rates}
 
 
 def run_detailed(
@@ -158,15 +172,18 @@ def run_detailed(
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            network = SimNetwork(latency=options.latency, jitter=LATENCY_JITTER, rng=random.Random(options.seed + 1))
+            model = make_model(options.latency_model, options.latency, options.seed)
+            network = SimNetwork(latency=model, jitter=LATENCY_JITTER, rng=random.Random(options.seed + 1))
             cluster = SimCluster(nursery, network, options.node_config(), random.Random(options.seed), options.storage())
             summary.update(await SCENARIOS[options.scenario](cluster, options, progress))
             summary["virtual_seconds"] = trio.current_time()
             summary["messages"] = network.stats.messages
             summary["wire_bytes"] = dict(network.stats.bytes_by_kind)
+            rtts = round_trip_percentiles(model, sorted(cluster.nodes), random.Random(options.seed + 3))
+            summary["median_rtt"], summary["p99_rtt"] = rtts
             nursery.cancel_scope.cancel()
 
-    _seed_trio_scheduler(options.seed)
+    seed_trio_scheduler(options.seed)
     thresholds = gc.get_threshold()
     gc.set_threshold(100_000, 50, 100)  # thousands of long-lived node objects
     started = time.perf_counter()
@@ -187,7 +204,7 @@ def run_detailed(
         "min_availability": 1.0,
         **summary,
         "msgs_per_node_per_s": summary["messages"] / nodes_seconds,
-        "bytes_per_node_per_s": _bytes_per_node_per_s(wire_bytes, nodes_seconds),
+        **_bytes_per_node_per_s(wire_bytes, nodes_seconds),
         "wall_seconds": wall,
     }
     return report, series, hops

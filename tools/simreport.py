@@ -1,4 +1,5 @@
-"""Writing a simulation's results: the time series as CSV and the plots as PNG.
+"""Writing a simulation's results: the time series as CSV and the plots as PNG,
+and a sweep's table with a plot of each figure across the grid.
 
 Owns files under `--out DIR`. matplotlib is imported only here, with the Agg
 back end, so a run without --out never loads it.
@@ -22,6 +23,37 @@ def write_outputs(summary: dict[str, Any], series: list[dict[str, Any]], hops: l
     histogram = sorted(Counter(hops).items())
     written.append(_write_csv([{"hops": h, "lookups": n} for h, n in histogram], directory / "hops.csv"))
     written.extend(_plots(summary, series, histogram, directory))
+    return written
+
+
+SWEEP_PLOTS = ("correct_rate", "blocks_lost", "maintenance_bytes_per_node_per_s", "p99_latency")
+
+
+def write_sweep_outputs(grid: dict[str, list[Any]], rows: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """sweep.json, sweep.csv, and per figure a plot against the grid's first
+    setting, one line per combination of the others."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [_write_json({"grid": grid, "rows": rows}, directory / "sweep.json"), _write_csv(rows, directory / "sweep.csv")]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first, others = list(grid)[0], list(grid)[1:]
+    lines: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        lines.setdefault(tuple(row[name] for name in others), []).append(row)
+    for figure_name in SWEEP_PLOTS:
+        if all(row.get(figure_name) is None for row in rows):
+            continue
+        figure, axes = plt.subplots(figsize=(8, 4))
+        for key, members in lines.items():
+            label = ", ".join(f"{name}={value}" for name, value in zip(others, key)) or figure_name
+            axes.plot([row[first] for row in members], [row[figure_name] for row in members], marker="o", label=label)
+        axes.set(xlabel=first, ylabel=figure_name, title=f"{figure_name} against {first}")
+        axes.legend()
+        written.append(_save(figure, directory / f"sweep_{figure_name}.png"))
+    plt.close("all")
     return written
 
 

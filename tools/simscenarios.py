@@ -89,28 +89,30 @@ class Recorder:
             deadline += self.interval
 
 
-async def lookup_load(cluster: SimCluster, rate: float, recorder: Recorder, rng: random.Random) -> None:
-    """Start lookups of random keys from random live nodes at `rate` per second."""
+async def lookup_load(cluster: SimCluster, rate: float, recorder: Recorder, rng: random.Random, deadline: float | None = None) -> None:
+    """Start lookups of random keys from random live nodes at `rate` per second,
+    each failed unless answered within `deadline` seconds (by default the node's
+    lookup timeout)."""
     if rate <= 0:
         return
     async with trio.open_nursery() as nursery:
         while True:
             await trio.sleep(rng.expovariate(rate))
             if cluster.nodes:
-                nursery.start_soon(_one_lookup, cluster, recorder, rng.getrandbits(cluster.config.bits))
+                nursery.start_soon(_one_lookup, cluster, recorder, rng.getrandbits(cluster.config.bits), deadline)
 
 
-async def _one_lookup(cluster: SimCluster, recorder: Recorder, key: int) -> None:
+async def _one_lookup(cluster: SimCluster, recorder: Recorder, key: int, deadline: float | None) -> None:
     node = cluster.random_node()
-    started = trio.current_time()
+    started, right_at_start = trio.current_time(), cluster.right_owners(key)
     try:
-        result = await node.lookup(key)
+        result = await node.lookup(key, deadline)
     except LookupFailed:
         recorder.lookup_done(None, 0, 0.0, 0)
         return
     if node.me.address not in cluster.nodes:
         return  # the asker itself left meanwhile: no verdict
-    recorder.lookup_done(result.owner.id == cluster.owner_id(key), result.hops, trio.current_time() - started, result.timeouts)
+    recorder.lookup_done(cluster.judge(key, result.owner.id, right_at_start), result.hops, trio.current_time() - started, result.timeouts)
 
 
 async def churn(cluster: SimCluster, rate: float, graceful_fraction: float, rng: random.Random, counts: dict[str, int]) -> None:
@@ -269,7 +271,7 @@ async def fail_scenario(cluster: SimCluster, options: "SimOptions", progress: Pr
             pass  # reported as None
 
     async with trio.open_nursery() as load:
-        load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
+        load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng, options.lookup_deadline or None)
         load.start_soon(watch_convergence)
         load.start_soon(play_events, cluster, list(options.events), rng, {"crashes": 0})
         await recorder.sample_until(failed_at + options.duration, crash)
@@ -294,7 +296,7 @@ async def churn_scenario(cluster: SimCluster, options: "SimOptions", progress: P
     counts = {"joins": 0, "leaves": 0, "crashes": 0, "failed_joins": 0}
     end = trio.current_time() + options.duration
     async with trio.open_nursery() as load:
-        load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng)
+        load.start_soon(lookup_load, cluster, options.lookup_rate, recorder, rng, options.lookup_deadline or None)
         load.start_soon(play_events, cluster, list(options.events), rng, counts)
         if options.session_median:
             load.start_soon(
