@@ -29,10 +29,6 @@ log = logging.getLogger(__name__)
 MAX_STABILIZE_WALK = 32
 
 
-def _adopted(reply: Any) -> bool:
-    return messages.flag_reply(reply, "consider_successor")
-
-
 class Maintenance:
     """The periodic tasks of one node."""
 
@@ -225,7 +221,7 @@ class Maintenance:
         predecessor = self.node.routing.predecessor
         if predecessor is None or answerer.id != predecessor.id:
             try:
-                if await self.node.ask(answerer, "consider_successor", _adopted, self.node.me.to_wire()):
+                if await self.node.ask(answerer, "consider_successor", messages.adopted_reply, self.node.me.to_wire()):
                     log.info("%r: %s was skipping us; it follows us now", self.node, answerer.address)
             except (TransportError, RemoteError):
                 pass
@@ -253,11 +249,6 @@ class Maintenance:
 
     async def _check_predecessor(self) -> None:
         predecessor = self.node.routing.predecessor
-        if predecessor is None:
-            return
-        if not await self.node.answers_as(predecessor):
-            if self.node.routing.predecessor == predecessor:
-                self.node.routing.set_predecessor(None)
-                self.node.departed.remember(predecessor, trio.current_time())
-                log.info("%r: predecessor %s failed", self.node, predecessor.address)
+        if predecessor is not None:
+            await self.node.replace_if_dead(predecessor, None)
 

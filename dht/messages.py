@@ -235,6 +235,11 @@ def _arc_reply(value: Any, space: IdSpace, method: str) -> tuple[NodeRef | None,
     return _reply(decode, method)
 
 
+def adopted_reply(value: Any) -> bool:
+    """consider_successor's answer: whether the node now follows the caller."""
+    return flag_reply(value, "consider_successor")
+
+
 def flag_reply(value: Any, method: str) -> bool:
     if not isinstance(value, bool):
         raise BadReply(f"bad {method} reply: expected true or false, got {describe(value)}")

@@ -217,7 +217,7 @@ class ChordNode:
         if predecessor is None or not in_open(self.me.id, predecessor.id, self.routing.successor.id):
             return
         try:
-            adopted = await self.ask(predecessor, "consider_successor", self._flag, self.me.to_wire())
+            adopted = await self.ask(predecessor, "consider_successor", messages.adopted_reply, self.me.to_wire())
         except (TransportError, RemoteError):
             return
         if adopted is True and self.routing.predecessor is None:
@@ -328,9 +328,6 @@ class ChordNode:
             raise BadRequest(f"{method} is not served here")
         return handler(caller, args)
 
-    def _flag(self, reply: Any) -> bool:
-        return messages.flag_reply(reply, "consider_successor")
-
     def _on_ping(self, caller: PeerIdentity, args: list[Any]) -> list[Any]:
         return self.me.to_wire()
 
@@ -377,13 +374,19 @@ class ChordNode:
 
     async def _check_behind(self, candidate: NodeRef, predecessor: NodeRef, checked: trio.Event) -> None:
         try:
-            if not await self.answers_as(predecessor) and self.routing.predecessor == predecessor:
-                self.departed.remember(predecessor, trio.current_time())
-                self.routing.set_predecessor(candidate)
-                log.info("%r: predecessor %s failed; %s follows it", self, predecessor.address, candidate.address)
+            await self.replace_if_dead(predecessor, candidate)
         finally:
             self._predecessor_check = None
             checked.set()
+
+    async def replace_if_dead(self, predecessor: NodeRef, replacement: NodeRef | None) -> None:
+        """Ping our predecessor; if it does not answer and is still our
+        predecessor, remember it as departed and take `replacement` instead."""
+        if await self.answers_as(predecessor) or self.routing.predecessor != predecessor:
+            return
+        self.departed.remember(predecessor, trio.current_time())
+        self.routing.set_predecessor(replacement)
+        log.info("%r: predecessor %s failed%s", self, predecessor.address, f"; {replacement.address} follows it" if replacement else "")
 
     def _notify_reply(self, predecessor: NodeRef | None) -> list[Any]:
         return [predecessor.to_wire() if predecessor else None, refs_to_wire(self.routing.successors)]

@@ -51,7 +51,8 @@ class PeerCalls:
         return messages.ping_reply(await self._call(address, None, "ping", [], self.attempts), self.space)
 
     async def _call(self, address: str, node_id: int | None, method: str, args: list[Any], attempts: int, patient: bool = False) -> Any:
-        prompt = method in messages.PROMPT_METHODS and not patient
+        measured = method in messages.PROMPT_METHODS  # a prompt reply times the round trip
+        prompt = measured and not patient
         timeout = self.round_trips.timeout(address) if prompt else self.rpc_timeout
         for attempt in range(attempts):
             started = trio.current_time()
@@ -62,7 +63,7 @@ class PeerCalls:
                     raise
                 timeout = min(2 * timeout, self.rpc_timeout) if prompt else timeout
                 continue
-            if method in messages.PROMPT_METHODS:
+            if measured:
                 self.round_trips.observe(address, trio.current_time() - started)
             return reply
         raise AssertionError("unreachable: the last attempt returns or raises")

@@ -50,9 +50,9 @@ def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
 def _value(name: str, text: str) -> Any:
     kind = GRIDDABLE[name]
     try:
-        if kind in ("int", int):
+        if kind == "int":  # field types are strings: tools.sim postpones annotations
             return int(text)
-        if kind in ("float", float):
+        if kind == "float":
             try:
                 return float(text)
             except ValueError:
