@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_STABILIZE_WALK = 32
+PROXIMITY_CANDIDATES = 8  # nodes of a finger's interval compared by round trip
 
 
 class Maintenance:
@@ -171,7 +172,8 @@ class Maintenance:
             log.info("%r: the ring is cut after us; trying %s as successor", self.node, nearest.address)
 
     async def fix_fingers(self) -> None:
-        """Refresh the next finger, and every later finger the same node answers;
+        """Refresh the next finger, and every later finger the same node answers
+        (a finger whose interval holds nodes takes the nearest of them, `_nearest`);
         once per round of the table, check that no part of the ring skips us. A
         finger whose lookup fails is passed over till the next round, and the
         check runs at once: the ring may be cut, and a finger that keeps failing
@@ -184,9 +186,28 @@ class Maintenance:
             self._next_finger = (index + 1) % self.node.space.bits
             await self.check_not_skipped()
             raise
-        self._next_finger = self.node.routing.fill_fingers(index, result.owner)
-        if self._next_finger == 0:
+        routing = self.node.routing
+        next_finger = routing.fill_fingers(index, result.owner)
+        if self.node.config.proximity_fingers and routing.finger_index(result.owner.id) == index:
+            routing.set_finger(index, await self._nearest([n for n in result.successors if routing.finger_index(n.id) == index]))
+        self._next_finger = next_finger
+        if next_finger == 0:
             await self.check_not_skipped()
+
+    async def _nearest(self, candidates: list[NodeRef]) -> NodeRef:
+        """Proximity neighbour selection (Gummadi et al.; Dabek et al.): of the
+        first PROXIMITY_CANDIDATES nodes in a finger's interval, the one with the
+        lowest measured round trip. Those never measured are pinged first, all at
+        once; one that does not answer is passed over."""
+        candidates = candidates[:PROXIMITY_CANDIDATES]
+        round_trips = self.node.peers.round_trips
+        unmeasured = [node for node in candidates if round_trips.smoothed(node.address) is None]
+        if unmeasured:
+            async with trio.open_nursery() as nursery:
+                for node in unmeasured:
+                    nursery.start_soon(self.node.answers_as, node)
+        measured = [(rtt, index) for index, node in enumerate(candidates) if (rtt := round_trips.smoothed(node.address)) is not None]
+        return candidates[min(measured)[1]] if measured else candidates[0]
 
     async def check_not_skipped(self) -> None:
         """Strong stabilization, after Liben-Nowell et al. After mass failures or a

@@ -27,6 +27,7 @@ MAX_EXCLUDED = 16  # dead node IDs a step may name
 MAX_LISTED_KEYS = 4096  # keys in one list_keys reply
 MAX_PROVE = 64  # keys in one prove_blocks call (each proof reads a block)
 MAX_SYNC_PARTS = 256
+MAX_HOPS = 128  # hops a recursive lookup may take, and nodes on its path
 NONCE_SIZES = range(16, 65)
 
 EVERYONE = frozenset(Role)
@@ -42,6 +43,8 @@ ALLOWED: dict[str, frozenset[Role]] = {
     "step": EVERYONE,
     "arc": EVERYONE,
     "lookup": EVERYONE,
+    "forward": NODES,
+    "found": NODES,
     "get_block": EVERYONE,
     "put_block": WRITERS,
     "notify": NODES,
@@ -56,7 +59,7 @@ ALLOWED: dict[str, frozenset[Role]] = {
 
 # Calls answered at once from routing state, small both ways: a caller waits for
 # them by the peer's measured round-trip time (`dht.rtt`), not a fixed deadline.
-PROMPT_METHODS = frozenset({"ping", "info", "step", "arc", "notify", "consider_successor", "successor_leaving"})
+PROMPT_METHODS = frozenset({"ping", "info", "step", "arc", "notify", "consider_successor", "successor_leaving", "forward", "found"})
 
 # What each call's traffic is for, as the simulator reports bytes: routing
 # maintenance, lookups, and moving or checking data. A task whose calls serve
@@ -65,7 +68,7 @@ PROMPT_METHODS = frozenset({"ping", "info", "step", "arc", "notify", "consider_s
 TRAFFIC_KIND: dict[str, str] = {
     "ping": "maintenance", "info": "maintenance", "notify": "maintenance", "consider_successor": "maintenance",
     "successor_leaving": "maintenance", "predecessor_leaving": "maintenance",
-    "step": "lookup", "arc": "lookup", "lookup": "lookup",
+    "step": "lookup", "arc": "lookup", "lookup": "lookup", "forward": "lookup", "found": "lookup",
     "get_block": "data", "put_block": "data", "prove_blocks": "data", "digests": "data", "list_keys": "data",
 }
 _purpose: ContextVar[str | None] = ContextVar("traffic_purpose", default=None)
@@ -156,6 +159,60 @@ def step_args(args: list[Any], space: IdSpace) -> tuple[int, frozenset[int]]:
     if not isinstance(excluded, list) or len(excluded) > MAX_EXCLUDED:
         raise BadRequest(f"step: dead node IDs must be a list of at most {MAX_EXCLUDED}, got {describe(excluded)}")
     return key, frozenset(ring_id_arg(ident, space, "step") for ident in excluded)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A recursive lookup on its way (`dht.recursive`): the key, who asked and
+    how to answer it (`nonce`), the hops it may still take, the nodes that
+    passed it on, and whether it was sent to the node believed to own the key
+    (which then answers and never passes it on)."""
+
+    key: int
+    asker: NodeRef
+    nonce: int
+    hops_left: int
+    path: tuple[NodeRef, ...] = ()
+    final: bool = False
+
+    def to_wire(self) -> list[Any]:
+        return [self.key, self.asker.to_wire(), self.nonce, self.hops_left, refs_to_wire(self.path), self.final]
+
+    @classmethod
+    def from_wire(cls, args: list[Any], space: IdSpace) -> "Query":
+        key, asker, nonce, hops_left, path, final = arguments(args, 6, "forward")
+        if not (_is_int(nonce) and 0 <= nonce < 1 << 64 and _is_int(hops_left) and 0 <= hops_left <= MAX_HOPS):
+            raise BadRequest(f"forward: nonce and hops left must be 64-bit and 0..{MAX_HOPS}, got {describe(nonce)} and {describe(hops_left)}")
+        if not isinstance(final, bool):
+            raise BadRequest(f"forward: final must be true or false, got {describe(final)}")
+        hops = _request(lambda: refs_from_wire(path, space, MAX_HOPS), "forward")
+        return cls(ring_id_arg(key, space, "forward"), node_arg(asker, space, "forward"), nonce, hops_left, tuple(hops), final)
+
+
+@dataclass(frozen=True)
+class Found:
+    """The answer to a recursive lookup, sent by the owner to the asker: the
+    owner and its successors (`nodes`, empty when the query could not be
+    answered), where the owner's arc starts, and the query's path."""
+
+    nonce: int
+    key: int
+    nodes: list[NodeRef]
+    arc_start: NodeRef | None
+    path: list[NodeRef]
+
+    def to_wire(self) -> list[Any]:
+        start = self.arc_start.to_wire() if self.arc_start else None
+        return [self.nonce, self.key, refs_to_wire(self.nodes), start, refs_to_wire(self.path)]
+
+    @classmethod
+    def from_wire(cls, args: list[Any], space: IdSpace) -> "Found":
+        nonce, key, nodes, start, path = arguments(args, 5, "found")
+        if not (_is_int(nonce) and 0 <= nonce < 1 << 64):
+            raise BadRequest(f"found: the nonce must be 64-bit, got {describe(nonce)}")
+        arc_start = None if start is None else node_arg(start, space, "found")
+        return cls(nonce, ring_id_arg(key, space, "found"), refs_arg(nodes, space, "found"), arc_start,
+                   _request(lambda: refs_from_wire(path, space, MAX_HOPS), "found"))
 
 
 def arc_args(args: list[Any], space: IdSpace, method: str) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from .lookup import hop_limit, iterate
 from .messages import LookupResult, NodeInfo
 from .maintenance import Maintenance
 from .peercalls import PeerCalls
+from .recursive import RecursiveLookups
 from .routing import DepartedPeers, NodeRef, Owner, RoutingTable, refs_to_wire
 from .transport import Transport
 
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 JOIN_ATTEMPTS = 3
+LOOKUP_MODES = ("iterative", "recursive")
+RECURSIVE_SHARE = 0.5  # of a lookup's time, spent on a recursive try before an iterative one
 RpcHandler = Callable[[PeerIdentity, list[Any]], Any]
 
 
@@ -51,6 +54,8 @@ class NodeConfig:
     rpc_attempts: int = 2
     lookup_timeout: float = 10.0
     candidates_per_step: int = 3
+    lookup_mode: str = "iterative"  # or "recursive" (`dht.recursive`), falling back to iterative
+    proximity_fingers: bool = True  # each finger the nearest of the nodes that may fill it
 
     @classmethod
     def every(cls, interval: float, **settings: Any) -> "NodeConfig":
@@ -70,6 +75,8 @@ class NodeConfig:
             raise ValueError("min_stabilize_interval must lie between 0 (fixed intervals) and stabilize_interval")
         if self.rpc_attempts < 1:
             raise ValueError("rpc_attempts must be at least 1")
+        if self.lookup_mode not in LOOKUP_MODES:
+            raise ValueError(f"lookup_mode must be one of {', '.join(LOOKUP_MODES)}")
         if not 0 <= self.jitter < 1:
             raise ValueError("jitter must be in [0, 1)")
 
@@ -107,6 +114,7 @@ class ChordNode:
             "arc": self._on_arc,
             "lookup": self._on_lookup,
         }
+        self.recursive = RecursiveLookups(self)  # serves forward and found
         transport.set_handler(self.handle)
 
     def _own_id(self, transport: Transport, node_id: int | None) -> int:
@@ -267,9 +275,16 @@ class ChordNode:
     async def lookup(self, key: int, timeout: float | None = None) -> LookupResult:
         """Find successor(key), driving each hop from here and skipping dead hops;
         the owner confirms the answer (`dht.lookup.confirm_owner`). A lookup that
-        passes the hop limit starts again from a random known node, once."""
+        passes the hop limit starts again from a random known node, once. In
+        recursive mode the query is first passed from hop to hop (`dht.recursive`)
+        for part of the time, and driven from here only if that fails."""
         self.space.check(key)
         deadline = trio.current_time() + (timeout or self.config.lookup_timeout)
+        if self.config.lookup_mode == "recursive":
+            try:
+                return await self.recursive.lookup(key, RECURSIVE_SHARE * (deadline - trio.current_time()))
+            except LookupFailed as failed:
+                log.debug("%r: %s; looking up iteratively", self, failed)
         try:
             return await self.search(key, self.me, deadline - trio.current_time(), confirm=True)
         except RoutingLoop as loop:

@@ -193,6 +193,18 @@ class RoutingTable:
         self._candidates = None
         return index % bits
 
+    def finger_index(self, node_id: int) -> int:
+        """The finger interval `node_id` lies in: i for [me + 2^i, me + 2^(i+1)); -1 for us."""
+        return self.space.distance(self.me.id, node_id).bit_length() - 1
+
+    def set_finger(self, index: int, node: NodeRef) -> None:
+        """Make `node`, which must lie in finger `index`'s interval, that finger:
+        any node there routes as well as the first, so proximity may choose."""
+        if self.finger_index(node.id) != index:
+            raise ValueError(f"{node.address} lies outside finger interval {index}")
+        self.fingers[index] = node
+        self._candidates = None
+
     def learn(self, node: NodeRef) -> None:
         """Use a node heard of elsewhere as a finger hint where its slot is empty or worse."""
         if node.id == self.me.id:

@@ -316,11 +316,15 @@ class SimCluster:
         return all(len(node.routing.successors) >= want for node in self.nodes.values())
 
     def fingers_converged(self) -> bool:
-        """Every finger of every live node points at the true successor of its start."""
+        """Every finger of every live node points at the true successor of its
+        start, or at another live node of its interval (proximity's choice)."""
+        live = self._by_id()
         for node in self.nodes.values():
             for index, finger in enumerate(node.routing.fingers):
                 owner = self.owner_id(node.space.finger_start(node.me.id, index))
-                if (finger.id if finger else node.me.id) != owner:
+                if (finger.id if finger else node.me.id) == owner:
+                    continue
+                if finger is None or finger.id not in live or node.routing.finger_index(finger.id) != index:
                     return False
         return True
 

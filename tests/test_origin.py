@@ -27,7 +27,7 @@ from dht.client import DhtClient
 from dht.messages import LookupResult
 from dht.ids import IdSpace
 from dht.merkle import block_hash
-from dht.node import ChordNode
+from dht.node import ChordNode, NodeConfig
 from dht.routing import NodeRef
 from dht.storage import BlockService, StorageConfig
 from dht.tcp import open_tcp_transport
@@ -37,7 +37,7 @@ from tools.originrun import RunningOrigin, run_origin
 from origin.server import Origin, OriginConfig, parse_cache_control_rule
 
 from .processes import CHORDCDN, chordcdn
-from .test_tcp_ring import QUICK, LocalRing, client_credentials, eventually, node_credentials
+from .test_tcp_ring import LocalRing, client_credentials, eventually, node_credentials
 
 BIG = random.Random(5).randbytes(700_000)  # three 256 KiB chunks: a real DAG
 
@@ -410,10 +410,12 @@ class StoringRing(LocalRing):
     """LocalRing whose nodes store blocks."""
 
     @staticmethod
-    async def _serve(join: str | None, task_status: trio.TaskStatus[tuple[ChordNode, trio.CancelScope]]) -> None:
+    async def _serve(
+        join: str | None, config: NodeConfig, task_status: trio.TaskStatus[tuple[ChordNode, trio.CancelScope]]
+    ) -> None:
         with trio.CancelScope() as scope:
             async with open_tcp_transport("127.0.0.1", 0, tls=node_credentials()) as transport:
-                node = ChordNode(transport, QUICK)
+                node = ChordNode(transport, config)
                 BlockService(node, MemoryBlockStore(node.space), StorageConfig(replicas=3))
                 await node.join(join)
                 async with trio.open_nursery() as nursery:

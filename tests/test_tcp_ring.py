@@ -7,6 +7,7 @@ Real time, so every wait polls a condition against a deadline.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import random
 from typing import Callable
@@ -41,21 +42,23 @@ async def eventually(condition: Callable[[], bool], timeout: float = 15.0) -> No
 class LocalRing:
     """Nodes on loopback, each in its own cancel scope so one can be killed."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self.nursery = nursery
+    def __init__(self, nursery: trio.Nursery, config: NodeConfig = QUICK) -> None:
+        self.nursery, self.config = nursery, config
         self.nodes: dict[str, ChordNode] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
 
     async def start(self, join: str | None) -> ChordNode:
-        node, scope = await self.nursery.start(self._serve, join)
+        node, scope = await self.nursery.start(self._serve, join, self.config)
         self.nodes[node.me.address], self.scopes[node.me.address] = node, scope
         return node
 
     @staticmethod
-    async def _serve(join: str | None, task_status: trio.TaskStatus[tuple[ChordNode, trio.CancelScope]]) -> None:
+    async def _serve(
+        join: str | None, config: NodeConfig, task_status: trio.TaskStatus[tuple[ChordNode, trio.CancelScope]]
+    ) -> None:
         with trio.CancelScope() as scope:
             async with open_tcp_transport("127.0.0.1", 0, tls=node_credentials()) as transport:
-                node = ChordNode(transport, QUICK)
+                node = ChordNode(transport, config)
                 await node.join(join)
                 async with trio.open_nursery() as nursery:
                     await nursery.start(node.run)
@@ -81,8 +84,8 @@ class LocalRing:
         return ids[bisect.bisect_left(ids, key) % len(ids)]
 
 
-async def start_ring(nursery: trio.Nursery, count: int) -> LocalRing:
-    ring = LocalRing(nursery)
+async def start_ring(nursery: trio.Nursery, count: int, config: NodeConfig = QUICK) -> LocalRing:
+    ring = LocalRing(nursery, config)
     first = await ring.start(None)
     for _ in range(count - 1):
         await ring.start(first.me.address)
@@ -103,6 +106,19 @@ async def test_eight_tcp_nodes_converge_and_route(nursery: trio.Nursery) -> None
     ring = await start_ring(nursery, 8)
     assert all(node.me.address.startswith("127.0.0.1:") for node in ring.nodes.values())
     await all_lookups_correct(ring, 300)
+
+
+async def test_recursive_lookups_over_mutual_tls_are_answered_by_the_owner(nursery: trio.Nursery) -> None:
+    """Each hop passes the query on over its own TLS link, and the owner's `found`
+    reaches the asker as a call from a certificate that names the owner."""
+    ring = await start_ring(nursery, 8, dataclasses.replace(QUICK, lookup_mode="recursive"))
+    rng = random.Random(3)
+    nodes = list(ring.nodes.values())
+    for _ in range(100):
+        key = rng.getrandbits(256)
+        with trio.fail_after(5):
+            result = await rng.choice(nodes).recursive.lookup(key, 5.0)
+        assert result.owner.id == ring.owner(key)
 
 
 async def test_tcp_ring_heals_after_a_node_dies(nursery: trio.Nursery) -> None:

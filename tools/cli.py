@@ -24,7 +24,7 @@ from dht.identity import Role
 from dht.merkle import DEFAULT_CHUNK, MAX_BLOCK, BlockError, parse_cid
 from dht.storage import StorageConfig
 from dht.ids import DEFAULT_BITS, IdSpace
-from dht.node import NodeConfig
+from dht.node import LOOKUP_MODES, NodeConfig
 from dht.messages import LookupResult, NodeInfo
 from dht.tcp import open_tcp_transport
 from dht.tls import TlsCredentials
@@ -72,7 +72,8 @@ def emit(data: Any, as_json: bool, lines: Sequence[str]) -> None:
 
 def cmd_node(args: argparse.Namespace) -> int:
     config = NodeConfig.every(
-        args.stabilize_interval, bits=args.bits, successor_list_size=args.successors, rpc_timeout=args.rpc_timeout
+        args.stabilize_interval, bits=args.bits, successor_list_size=args.successors, rpc_timeout=args.rpc_timeout,
+        min_stabilize_interval=args.min_stabilize_interval or 0.0, lookup_mode=args.lookup_mode,
     )
     tls = credentials_from(args, Role.NODE, bits=args.bits)
     if args.id and tls is not None:
@@ -264,6 +265,9 @@ def sim_options(args: argparse.Namespace) -> sim.SimOptions:
             latency=args.latency,
             latency_model=args.latency_model,
             lookup_deadline=args.lookup_deadline or 0.0,
+            lookup_mode=args.lookup_mode,
+            proximity_fingers=not args.no_proximity_fingers,
+            warmup=args.warmup or 0.0,
             stabilize_interval=args.stabilize_interval,
             min_stabilize_interval=args.min_stabilize_interval or 0.0,
             successors=args.successors,
@@ -311,6 +315,10 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--join", type=address, metavar="HOST:PORT", help="any node of the ring (omit to start one)")
     node.add_argument("--id", metavar="HEX", help="node ID, --insecure only (default: from the certificate's key; plaintext: SHA-256 of the address)")
     node.add_argument("--stabilize-interval", type=positive(), default=1.0, metavar="S")
+    node.add_argument("--min-stabilize-interval", type=positive(), metavar="S",
+                      help="as neighbours churn, shorten maintenance down to this (default: fixed intervals)")
+    node.add_argument("--lookup-mode", default="iterative", choices=LOOKUP_MODES,
+                      help="lookups this node makes: iterative, or recursive (hops pass the query on; iterative if that fails)")
     node.add_argument("--successors", type=int, default=8, metavar="R", help="successor list length")
     node.add_argument("--rpc-timeout", type=positive(), default=1.0, metavar="S")
     node.add_argument("--data", metavar="DIR", help="keep blocks in this directory (default: in memory)")
@@ -373,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--latency-model", default="constant", choices=sim.MODELS,
                           help="constant: --latency on every link; geo: nodes on a globe, median round trip about 150 ms")
     simulate.add_argument("--lookup-deadline", type=duration, metavar="S", help="a lookup not answered within S counts as failed (default: 10 s)")
+    simulate.add_argument("--lookup-mode", default="iterative", choices=LOOKUP_MODES,
+                          help="iterative: the asker asks each hop; recursive: hops pass the query on, the owner answers")
+    simulate.add_argument("--no-proximity-fingers", action="store_true",
+                          help="each finger the first node of its interval, not the nearest of its first 8")
+    simulate.add_argument("--warmup", type=duration, metavar="S",
+                          help="static: run maintenance S virtual seconds before the lookups (fingers choose near nodes)")
     simulate.add_argument("--stabilize-interval", type=positive(), default=30.0, metavar="S",
                           help="maintenance interval while nothing changes (also fingers and predecessor checks)")
     simulate.add_argument("--min-stabilize-interval", type=positive(), metavar="S",

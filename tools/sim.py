@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from dht.latency import MODELS, make_model, round_trip_percentiles
-from dht.node import NodeConfig
+from dht.node import LOOKUP_MODES, NodeConfig
 from dht.simcluster import SimCluster
 from dht.simnet import SimNetwork
 from dht.storage import StorageConfig
@@ -44,6 +44,9 @@ class SimOptions:
     latency: float = 0.01  # one way, for the constant model; the floor of call timeouts for both
     latency_model: str = "constant"
     lookup_deadline: float = 0.0  # seconds a measured lookup may take (0: the node's lookup timeout)
+    lookup_mode: str = "iterative"
+    proximity_fingers: bool = True
+    warmup: float = 0.0  # static: virtual seconds of maintenance between the build and the lookups
     parallel: int = 100
     stabilize_interval: float = 30.0
     min_stabilize_interval: float = 0.0  # adapt to churn down to this (dht.pace); 0: fixed intervals
@@ -89,6 +92,10 @@ class SimOptions:
             raise ValueError(f"unknown latency model {self.latency_model!r}; choose from {', '.join(MODELS)}")
         if not (math.isfinite(self.lookup_deadline) and self.lookup_deadline >= 0):
             raise ValueError("lookup deadline must be a finite number of seconds, or 0 for the node's own")
+        if self.lookup_mode not in LOOKUP_MODES:
+            raise ValueError(f"unknown lookup mode {self.lookup_mode!r}; choose from {', '.join(LOOKUP_MODES)}")
+        if not (math.isfinite(self.warmup) and self.warmup >= 0):
+            raise ValueError("warm-up must be a finite number of seconds")
         if self.blocks < 0 or self.replicas < 1:
             raise ValueError("blocks must not be negative and replicas must be at least 1")
 
@@ -107,6 +114,8 @@ class SimOptions:
             min_rpc_timeout=5 * self.latency,
             min_stabilize_interval=min(self.min_stabilize_interval or self.stabilize_interval, self.stabilize_interval),
             lookup_timeout=max(10.0, 500 * self.latency),
+            lookup_mode=self.lookup_mode,
+            proximity_fingers=self.proximity_fingers,
         )
 
 
@@ -127,6 +136,7 @@ async def build_ring(cluster: SimCluster, options: SimOptions) -> dict[str, Any]
 
 async def static_scenario(cluster: SimCluster, options: SimOptions, progress: Progress | None = None) -> dict[str, Any]:
     built = await build_ring(cluster, options)
+    await trio.sleep(options.warmup)
     messages_before = cluster.network.stats.messages
     tally = await cluster.run_lookups(options.lookups, options.parallel, options.lookup_deadline or None)
     return {
