@@ -13,12 +13,15 @@ replica for, and a leaving node hands off its copies, only once every node of th
 new replica set has proved it holds the block: asked for the SHA-256 of a fresh
 nonce and the block's bytes (`merkle.possession_proof`), which only a holder of
 the bytes can compute. A node that cannot prove it is sent the block. A node with
-a capacity refuses new blocks when full (NodeFull); repair then moves on.
+a capacity refuses new blocks when full (NodeFull); repair then moves on. With a
+scrub rate, a `dht.scrub.Scrubber` re-reads every copy in the background and drops
+the ones that fail, and repair brings them back like any lost copy.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from dataclasses import dataclass
 from itertools import takewhile
@@ -34,6 +37,7 @@ from .ids import IdSpace, in_half_open
 from .merkle import MAX_BLOCK, possession_proof
 from .node import ChordNode
 from .routing import NodeRef
+from .scrub import Scrubber
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +51,15 @@ class StorageConfig:
     sync_parts: int = 16
     leaf_keys: int = 64
     max_depth: int = 12
+    scrub_rate: float = 0.0  # bytes per second re-read and re-hashed in the background (`dht.scrub`); 0: off
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
             raise ValueError("replicas must be at least 1")
         if self.repair_interval <= 0:
             raise ValueError("repair_interval must be positive")
+        if not (math.isfinite(self.scrub_rate) and self.scrub_rate >= 0):
+            raise ValueError("scrub_rate must be a number of bytes per second, or 0 for off")
         if not 1 <= self.sync_parts <= messages.MAX_SYNC_PARTS:
             raise ValueError(f"sync_parts must be in 1..{messages.MAX_SYNC_PARTS}")
 
@@ -82,6 +89,7 @@ class BlockService:
             "list_keys": self._on_list_keys,
         }.items():
             node.register(method, handler)
+        self.scrubber = Scrubber(store, config.scrub_rate) if config.scrub_rate else None
         node.info_extras.append(self.figures)
 
     @property
@@ -89,7 +97,9 @@ class BlockService:
         return self.node.space
 
     def figures(self) -> dict[str, int]:
-        return {"replicas": self.config.replicas, **self.store.figures()}
+        scrubbed = self.scrubber.figures() if self.scrubber else {}
+        repaired = {"repair_pushed": self.stats.repair_pushed, "repair_pulled": self.stats.repair_pulled}
+        return {"replicas": self.config.replicas, **self.store.figures(), **scrubbed, **repaired}
 
     def replica_targets(self) -> list[NodeRef]:
         """The successors that hold copies of what this node owns."""
@@ -132,9 +142,13 @@ class BlockService:
     # -- maintenance -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Repair periodically (with the node's jitter) until cancelled."""
-        task_status.started()
-        await self.node.repeat(self.config.repair_interval, self.repair, purpose="data")
+        """Repair periodically (with the node's jitter), and scrub if asked to,
+        until cancelled."""
+        async with trio.open_nursery() as nursery:
+            if self.scrubber is not None:
+                nursery.start_soon(self.scrubber.run)
+            task_status.started()
+            await self.node.repeat(self.config.repair_interval, self.repair, purpose="data")
 
     async def repair(self) -> None:
         """One maintenance pass: bring our successors level with our own arc, then

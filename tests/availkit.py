@@ -4,8 +4,9 @@ damage done to those files from outside, the way bit rot or a bad disk would do
 it, with nothing told to the node.
 
 Owns the knowledge of where a block lies on disk: `records` reads the segment
-format of `dht.blockstore.DiskBlockStore` (a 41-byte header, then the block)
-without the store's help, so a test can rot a copy under a running node. Also the
+format of `dht.segmentstore.DiskBlockStore` (a header, then the block)
+through `dht.records` without the store's help, so a test can rot a copy under a
+running node. Also the
 life of server processes a test starts (`servers`, `stop_cleanly`).
 """
 
@@ -20,8 +21,9 @@ from typing import AsyncIterator, Callable
 
 import trio
 
-from dht.blockstore import _HEADER, _MAGIC, _PUT, DiskBlockStore  # the record format, read from outside
-from dht.merkle import DEFAULT_CHUNK, DagBuilder, block_hash
+from dht import records as record_format  # the record format, read from outside
+from dht.merkle import DEFAULT_CHUNK, MAX_BLOCK, DagBuilder, block_hash
+from dht.segmentstore import LEGACY_SUFFIX, SUFFIX, DiskBlockStore
 from dht.node import ChordNode
 from dht.storage import BlockService, StorageConfig
 from dht.tcp import open_tcp_transport
@@ -45,16 +47,12 @@ class Record:
 def records(directory: Path, key: bytes) -> list[Record]:
     """Every record of `key` under `directory`, in the order the store wrote them."""
     found: list[Record] = []
-    for segment in sorted(directory.glob("*.blocks")):
-        data = segment.read_bytes()
-        offset = 0
-        while offset + _HEADER.size <= len(data):
-            magic, kind, stored_key, length = _HEADER.unpack_from(data, offset)
-            if magic != _MAGIC:
-                break
-            if stored_key == key:
-                found.append(Record(segment, offset + _HEADER.size, length, kind == _PUT))
-            offset += _HEADER.size + length
+    segments = [path for path in directory.iterdir() if path.suffix in (SUFFIX, LEGACY_SUFFIX)]
+    for segment in sorted(segments, key=lambda path: int(path.stem)):
+        version = 1 if segment.suffix == LEGACY_SUFFIX else 2
+        for record in record_format.scan(segment.read_bytes(), MAX_BLOCK, version).records:
+            if record.key == key:
+                found.append(Record(segment, record.offset, record.length, record.kind == record_format.PUT))
     return found
 
 

@@ -8,12 +8,15 @@ brute-force filter over IdSpace.position.
 from __future__ import annotations
 
 import random
+import struct
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
-from dht.blockstore import BlockStore, DiskBlockStore, MemoryBlockStore
+from dht.blockstore import BlockStore, MemoryBlockStore
+from dht import records
+from dht.segmentstore import DiskBlockStore
 from dht.ids import IdSpace, in_half_open
 from dht.merkle import MAX_BLOCK, BlockError, block_hash
 
@@ -238,16 +241,17 @@ async def test_disk_store_ignores_a_torn_tail_and_foreign_bytes(tmp_path: Path) 
     good = b"a real block"
     await store.put(block_hash(good), good)
     store.close()
-    (segment,) = sorted((tmp_path / "blocks").glob("*.blocks"))
+    (segment,) = sorted((tmp_path / "blocks").glob("*.seg"))
     torn_key = block_hash(b"x" * 300)
     with open(segment, "ab") as tail:
-        tail.write(b"CDNB\x01" + torn_key + (300).to_bytes(4, "big") + b"only part of it")
+        tail.write(records.encode_header(records.PUT, torn_key, b"x" * 300) + b"only part of it")
     again = DiskBlockStore(space, tmp_path / "blocks")
     assert again.keys() == [block_hash(good)] and torn_key not in again
+    assert again.loaded.torn_tails == 1 and again.loaded.damaged == 0
     later = b"written after the restart"
     await again.put(block_hash(later), later)
     again.close()
-    assert len(list((tmp_path / "blocks").glob("*.blocks"))) == 2
+    assert len(list((tmp_path / "blocks").glob("*.seg"))) == 2
     with open(segment, "ab") as tail:
         tail.write(b"this is not a record at all" * 3)
     third = DiskBlockStore(space, tmp_path / "blocks")
@@ -256,6 +260,27 @@ async def test_disk_store_ignores_a_torn_tail_and_foreign_bytes(tmp_path: Path) 
         assert await third.get(block_hash(good)) == good and await third.get(block_hash(later)) == later
     finally:
         third.close()
+
+
+async def test_segments_written_before_checksums_are_still_read(tmp_path: Path) -> None:
+    """A `*.blocks` segment in the first record format (no checksums) loads beside
+    the new ones, and new writes go to a new `*.seg` segment after it."""
+    space = IdSpace(256)
+    old, gone, later = b"written by an older version", b"deleted then", b"written now"
+    legacy = bytearray()
+    for kind, block in ((records.PUT, old), (records.PUT, gone), (records.DELETE, gone)):
+        body = block if kind == records.PUT else b""
+        legacy += struct.pack(">4sB32sI", records.LEGACY_MAGIC, kind, block_hash(block), len(body)) + body
+    (tmp_path / "blocks").mkdir()
+    (tmp_path / "blocks" / "000003.blocks").write_bytes(bytes(legacy))
+    store = DiskBlockStore(space, tmp_path / "blocks")
+    assert store.keys() == [block_hash(old)] and store.verified(block_hash(old)) == old
+    await store.put(block_hash(later), later)
+    store.close()
+    assert sorted(path.name for path in (tmp_path / "blocks").iterdir()) == ["000003.blocks", "000004.seg"]
+    again = DiskBlockStore(space, tmp_path / "blocks")
+    assert sorted(again.keys()) == sorted([block_hash(old), block_hash(later)])
+    again.close()
 
 
 async def test_disk_store_deletes_survive_a_restart(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ from dht.client import BadRange, BlockNotFound, PutFailed
 from dht.errors import ChordError, LookupFailed, TransportError
 from dht.identity import Role
 from dht.merkle import DEFAULT_CHUNK, MAX_BLOCK, BlockError, parse_cid
+from dht.scrub import DEFAULT_SCRUB_RATE
+from dht.segmentstore import DEFAULT_OPEN_FILES, FSYNC_POLICIES, StoreError
 from dht.storage import StorageConfig
 from dht.ids import DEFAULT_BITS, IdSpace
 from dht.node import LOOKUP_MODES, NodeConfig
@@ -81,8 +83,8 @@ def cmd_node(args: argparse.Namespace) -> int:
     setup = NodeSetup(
         listen=args.listen, join=args.join, advertise=args.advertise,
         node_id=IdSpace(args.bits).parse_id(args.id) if args.id else None, config=config,
-        storage=StorageConfig(replicas=args.replicas, repair_interval=args.repair_interval),
-        data_dir=args.data, capacity=args.capacity, tls=tls,
+        storage=StorageConfig(replicas=args.replicas, repair_interval=args.repair_interval, scrub_rate=args.scrub_rate),
+        data_dir=args.data, capacity=args.capacity, tls=tls, fsync=args.fsync, open_files=args.open_files,
     )
     prepare_server_process()
     report = lambda line: print(line, flush=True)  # noqa: E731
@@ -90,6 +92,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         trio.run(run_node, setup, report)
     except* ValueError as group:
         raise CliError(str(group.exceptions[0]), EXIT_USAGE) from None
+    except* StoreError as group:
+        raise CliError(f"cannot use the block store: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
     except* ChordError as group:
         raise CliError(f"cannot join via {args.join}: {group.exceptions[0]}", EXIT_UNREACHABLE) from None
     except* OSError as group:
@@ -324,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--data", metavar="DIR", help="keep blocks in this directory (default: in memory)")
     node.add_argument("--replicas", type=int, default=3, metavar="R", help="copies of each block")
     node.add_argument("--repair-interval", type=positive(), default=30.0, metavar="S")
+    node.add_argument("--fsync", default="always", choices=FSYNC_POLICIES,
+                      help="always: a put is acknowledged once on disk (concurrent puts share an fsync); never: leave it to the kernel")
+    node.add_argument("--scrub-rate", type=byte_size, default=DEFAULT_SCRUB_RATE, metavar="BYTES",
+                      help="re-read and re-hash stored blocks at this many bytes per second, e.g. 8MiB (0: off)")
+    node.add_argument("--open-files", type=integer(1, 1 << 20), default=DEFAULT_OPEN_FILES, metavar="N",
+                      help="segment files kept open at once (default: %(default)s)")
     node.add_argument("--capacity", type=byte_size, metavar="SIZE", help="refuse new blocks past this many bytes, e.g. 50GiB (default: no limit)")
     node.add_argument("--bits", type=int, default=DEFAULT_BITS, help=argparse.SUPPRESS)
     add_credential_options(node)

@@ -21,7 +21,9 @@ from typing import Callable
 import trio
 
 from dht.addresses import split_address
-from dht.blockstore import BlockStore, DiskBlockStore, MemoryBlockStore
+from dht.blockstore import BlockStore, MemoryBlockStore
+from dht.ids import IdSpace
+from dht.segmentstore import DEFAULT_OPEN_FILES, DiskBlockStore, StoreError
 from dht.node import ChordNode, NodeConfig
 from dht.storage import BlockService, StorageConfig
 from dht.tcp import open_tcp_transport
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 Report = Callable[[str], None]
 LEAVE_BUDGET = 60.0  # seconds a graceful leave may spend handing off blocks
+COMPACT_INTERVAL = 300.0  # seconds between compaction passes
 
 
 async def wait_for_signal() -> int:
@@ -73,27 +76,46 @@ class NodeSetup:
     data_dir: str | None = None
     capacity: int | None = None
     tls: TlsCredentials | None = None
+    fsync: str = "always"
+    open_files: int = DEFAULT_OPEN_FILES
+    compact_interval: float = COMPACT_INTERVAL
 
 
-def open_store(node: ChordNode, setup: NodeSetup) -> BlockStore:
+def open_store(setup: NodeSetup) -> BlockStore:
+    """The node's block store: segment files under data_dir (StoreError naming the
+    file when they cannot be used), else memory."""
+    space = IdSpace(setup.config.bits)
     if setup.data_dir:
-        return DiskBlockStore(node.space, setup.data_dir, setup.capacity)
-    return MemoryBlockStore(node.space, setup.capacity)
+        return DiskBlockStore(space, setup.data_dir, setup.capacity, fsync=setup.fsync, open_files=setup.open_files)
+    return MemoryBlockStore(space, setup.capacity)
+
+
+async def compact_now_and_then(store: BlockStore, interval: float) -> None:
+    """Give back the space of dropped blocks every `interval` seconds (`DiskBlockStore.compact`)."""
+    if not isinstance(store, DiskBlockStore):
+        return
+    while True:
+        await trio.sleep(interval)
+        try:
+            await store.compact()
+        except StoreError as exc:
+            log.warning("compaction failed: %s", exc)
 
 
 async def run_node(setup: NodeSetup, report: Report) -> None:
     """Serve one storing node until SIGTERM or Ctrl-C, then hand off its blocks and
     leave the ring gracefully. Blocks live under data_dir (in memory without one)."""
     host, port = split_address(setup.listen)
+    store = open_store(setup)  # first, so that a problem with its files is not taken for one with the socket
     async with open_tcp_transport(host, port, advertise=setup.advertise, tls=setup.tls) as transport:
         node = ChordNode(transport, setup.config, setup.node_id)
-        store = open_store(node, setup)
         service = BlockService(node, store, setup.storage)
         await node.join(setup.join)
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             await nursery.start(service.run)
             nursery.start_soon(keep_fresh, setup.tls)
+            nursery.start_soon(compact_now_and_then, store, setup.compact_interval)
             gc.freeze()
             held = f", {len(store)} blocks in {setup.data_dir}" if setup.data_dir else ""
             secured = "" if setup.tls else " (plaintext: --insecure)"

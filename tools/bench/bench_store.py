@@ -467,7 +467,7 @@ def directory_usage(directory: Path) -> dict[str, Any]:
             continue
         size = path.stat().st_size
         total += size
-        if path.suffix == ".blocks":
+        if path.suffix in (".seg", ".blocks"):
             value_bytes += size
             value_files += 1
     return {"bytes": total, "value_files": value_files, "value_bytes": value_bytes}
