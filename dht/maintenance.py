@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 import trio
 
 from . import messages
-from .errors import ChordError, LookupFailed, RemoteError, TransportError
+from .errors import CallTimeout, ChordError, LookupFailed, RemoteError, TransportError
 from .ids import in_open
 from .pace import ChurnPace
 from .routing import NodeRef
@@ -110,6 +110,15 @@ class Maintenance:
             successor = routing.successor
             try:
                 between, its_successors = await self.node.notify_peer(successor)
+            except CallTimeout:
+                # A notify from behind waits while its receiver checks a predecessor
+                # that may be dead; that is slow, not dead. Only a node that does
+                # not answer a ping either is dropped.
+                if routing.successor == successor and not await self.node.answers_as(successor):
+                    self.node.drop_unreachable(successor)
+                    log.info("%r: successor %s unreachable; next is %s", self.node, successor.address, routing.successor.address)
+                    continue
+                return
             except (TransportError, RemoteError):
                 if routing.successor == successor:
                     self.node.drop_unreachable(successor)

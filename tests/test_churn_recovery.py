@@ -108,6 +108,29 @@ async def test_a_node_that_joins_behind_a_dead_predecessor_is_adopted_at_once(
     assert result.owner.id == joiner.me.id == cluster.owner_id(joiner_id)
 
 
+async def test_a_successor_slow_to_answer_a_notify_from_behind_is_not_taken_for_dead(
+    make_cluster: ClusterFactory, autojump_clock: MockClock
+) -> None:
+    """ring[2] crashed unnoticed; ring[1] skips it and notifies ring[3], which checks
+    its dead predecessor before it answers: longer than a notify is waited for.
+    ring[1] used to drop ring[3] as unreachable, and for a while route past it."""
+    cluster = make_cluster(config=SLOW_CHECKS)
+    cluster.add_stable_nodes(8)
+    await cluster.start_all()
+    ring = ring_order(cluster)
+    before, dead, after = ring[1], ring[2], ring[3]
+    cluster.crash(dead.me.address)
+    before.routing.forget(dead.me.id)
+    assert before.routing.successor == after.me and after.routing.predecessor == dead.me
+    for _ in range(20):  # ring[1] knows ring[3] answers within 20 ms; ring[3] never timed ring[2]
+        await before.ping(after.me)
+    await before.maintenance.stabilize()
+    assert before.routing.successor == after.me and after.me.id not in before.departed  # never dropped
+    with trio.fail_after(5):  # meanwhile the check finds the dead predecessor and adopts the notifier
+        while after.routing.predecessor != before.me:
+            await trio.sleep(0.1)
+
+
 async def test_a_joiner_keeps_the_closer_successor_it_was_told_of_while_waiting(
     make_cluster: ClusterFactory, autojump_clock: MockClock
 ) -> None:
