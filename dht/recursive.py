@@ -124,7 +124,7 @@ class RecursiveLookups:
         if query.final:  # sent to us as the owner, but our predecessor lies at or after the key
             await self._walk_back(onward)
             return
-        owner = next((node for node in node.routing.successors if in_half_open(query.key, me.id, node.id)), None)
+        owner = next((after for after in node.routing.successors if in_half_open(query.key, me.id, after.id)), None)
         if owner is not None and await self._pass_to(owner, replace(onward, final=True)):
             return
         for hop in answer.nodes[:NEXT_HOP_TRIES]:

@@ -325,13 +325,19 @@ class DiskBlockStore(BlockStore):
 
     # -- compaction ------------------------------------------------------------------------------
 
-    def dead_share(self, segment: int) -> float:
-        """The share of a segment's bytes that no live block uses."""
+    def _live_by_segment(self) -> dict[int, list[bytes]]:
+        by_segment: dict[int, list[bytes]] = {}
+        for key, location in self._locations.items():
+            by_segment.setdefault(location.segment, []).append(key)
+        return by_segment
+
+    def _dead_share(self, segment: int, keys: list[bytes]) -> float:
+        """The share of a segment's bytes that none of its live blocks (`keys`) uses."""
         size = self._segment_bytes.get(segment, 0)
         if not size:
             return 0.0
-        live = sum(records.record_size(loc.length) for loc in self._locations.values() if loc.segment == segment)
-        return 1.0 - live / size
+        header = records.LEGACY_HEADER_SIZE if self._versions.get(segment) == 1 else records.HEADER_SIZE
+        return 1.0 - sum(header + self._locations[key].length for key in keys) / size
 
     def disk_bytes(self) -> int:
         return sum(self._segment_bytes.values())
@@ -340,21 +346,29 @@ class DiskBlockStore(BlockStore):
         """Rewrite every sealed segment at least `dead_share` dead; return the bytes
         given back. Reads and writes go on meanwhile (the copy yields every
         COPY_BATCH records)."""
+        by_segment = self._live_by_segment()
         reclaimed = 0
         for segment in sorted(self._segment_bytes):
-            if segment != self._segment and self.dead_share(segment) >= dead_share:
-                reclaimed += await self._rewrite(segment)
+            keys = by_segment.get(segment, [])
+            if segment != self._segment and self._dead_share(segment, keys) >= dead_share:
+                reclaimed += await self._rewrite(segment, keys)
         return reclaimed
 
-    async def _rewrite(self, segment: int) -> int:
-        live = [key for key, loc in self._locations.items() if loc.segment == segment]
+    async def _rewrite(self, segment: int, live: list[bytes]) -> int:
+        """Copy `live` (the blocks in `segment`, as they were) forward, checked by
+        hash so that compaction never gives a rotten copy a fresh checksum; then
+        remove the segment."""
         older_remain = any(other < segment for other in self._segment_bytes)
         keep_deleted = [key for key in self._tombstones.get(segment, []) if key not in self._locations] if older_remain else []
         for count, key in enumerate(live):
-            data = self._read(key)
             location = self._locations.get(key)
-            if data is not None and location is not None and location.segment == segment:
-                self._locations[key] = self._append(records.PUT, key, data)
+            if location is not None and location.segment == segment:  # not deleted nor rewritten meanwhile
+                data = self.verified(key)
+                if data is None:
+                    self.corrupt_found += 1
+                    await self.delete(key)
+                else:
+                    self._locations[key] = self._append(records.PUT, key, data)
             if count % COPY_BATCH == COPY_BATCH - 1:
                 await trio.lowlevel.checkpoint()
         for key in keep_deleted:

@@ -167,6 +167,22 @@ async def test_compaction_gives_back_dead_space_and_keeps_every_live_block(tmp_p
     assert_holds_exactly(directory, live, deleted)
 
 
+async def test_compaction_drops_a_rotten_copy_rather_than_give_it_a_fresh_checksum(tmp_path: Path) -> None:
+    directory = tmp_path / "blocks"
+    live, deleted = await filled_store(directory)
+    store = DiskBlockStore(SPACE, directory)
+    victim = next(iter(live))
+    segment, offset, length = store._locations[victim]
+    with open(store._path(segment), "r+b") as rotting:
+        rotting.seek(offset + 10)
+        rotting.write(b"rot")
+    await store.compact(0.0)  # every sealed segment, the victim's among them
+    assert victim not in store and store.corrupt_found == 1
+    store.close()
+    del live[victim]
+    assert_holds_exactly(directory, live, deleted | {victim})
+
+
 CRASHING_COMPACTION = """
 import os, signal, sys, trio
 import dht.segmentstore as segmentstore
