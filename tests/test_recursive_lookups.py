@@ -244,9 +244,9 @@ async def test_fingers_choose_the_nearest_node_of_their_interval(make_cluster: C
 
 
 def test_recursive_lookups_with_proximity_fingers_take_under_twice_the_median_round_trip() -> None:
-    """The bar is 1,000 nodes (docs/simulator.md); 200 keep the suite quick. The
+    """The bar is 1,000 nodes (docs/simulator.md); 120 keep the suite quick. The
     iterative lookup on the same ring is the peer."""
-    common = dict(nodes=200, lookups=400, latency_model="geo", stabilize_interval=1.0, warmup=30.0, seed=2)
+    common = dict(nodes=120, lookups=300, latency_model="geo", stabilize_interval=1.0, warmup=20.0, seed=2)
     recursive = run(SimOptions(lookup_mode="recursive", **common))  # type: ignore[arg-type]
     iterative = run(SimOptions(lookup_mode="iterative", **common))  # type: ignore[arg-type]
     for summary in (recursive, iterative):
