@@ -92,9 +92,13 @@ def table_b(results: list[dict[str, Any]]) -> list[str]:
         p = s["fail_fraction"]
         lines.append(
             f"| {p:.1f} | {p:.2f} | {early_failure_rate(result['series']):.4f} | {failure_rate(s):.4f} | "
-            f"{s['converged_after']} | {s['blocks_lost']} of {s['blocks']} | {p**3 * s['blocks']:.0f} |"
+            f"{_seconds(s['converged_after'])} | {s['blocks_lost']} of {s['blocks']} | {p**3 * s['blocks']:.0f} |"
         )
     return lines
+
+
+def _seconds(value: float | None) -> str:
+    return "not within the run" if value is None else f"{value:.1f}"
 
 
 def table_c(results: list[dict[str, Any]]) -> list[str]:
