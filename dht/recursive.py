@@ -78,8 +78,7 @@ class RecursiveLookups:
         hops = min(hop_limit(node.routing.estimated_size()), messages.MAX_HOPS)
         try:
             with trio.move_on_after(timeout):
-                with messages.purpose("lookup"):
-                    await self._route_on(Query(key, node.me, nonce, hops))
+                await self._route_on(Query(key, node.me, nonce, hops))
                 await waiting.done.wait()
         finally:
             del self._waiting[nonce]
@@ -102,9 +101,10 @@ class RecursiveLookups:
         return True
 
     async def _relay(self, query: Query) -> None:
+        """Pass a query on. Its traffic counts as the asker's lookup does (a lookup
+        for repair counts as data), where the transport carries that purpose."""
         try:
-            with messages.purpose("lookup"):
-                await self._route_on(query)
+            await self._route_on(query)
         finally:
             self.relaying -= 1
 
