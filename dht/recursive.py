@@ -15,8 +15,8 @@ not (a node joined in between, or the sender's successor list is behind) walks
 back through predecessors, each closer to the key, as `confirm_owner` does. A
 query past its hop limit, at a node already on its path, or at a node that can
 neither answer nor pass it on, is answered "not found", and the asker falls
-back to an iterative lookup at once rather than at its timeout. A next hop that does not acknowledge is dropped from routing and
-the next candidate tried.
+back to an iterative lookup at once rather than at its timeout. A next hop that
+does not acknowledge is dropped from routing and the next candidate tried.
 
 Answers are checked as iterative ones are: `found` must come from the owner it
 names (on authenticated links) and the key must lie in the arc it claims, and

@@ -28,9 +28,7 @@ IDLE_PAUSE = 10.0  # seconds between rounds over an empty store
 @dataclass
 class ScrubStats:
     scrubbed: int = 0  # blocks read and checked
-    scrubbed_bytes: int = 0
     bad: int = 0  # copies that failed their check and were dropped
-    rounds: int = 0
 
 
 class Scrubber:
@@ -60,11 +58,9 @@ class Scrubber:
             size = self.store.stored_size(key)
             intact = await self.store.get(key) is not None
             self.stats.scrubbed += 1
-            self.stats.scrubbed_bytes += size
             checked += 1
             if not intact:
                 self.stats.bad += 1
                 log.warning("scrub: the copy of block %s was damaged; dropped for repair to restore", key.hex()[:16])
             await trio.sleep(size / self.rate)
-        self.stats.rounds += 1
         return checked

@@ -127,11 +127,10 @@ class OpenFiles:
 
 @dataclass
 class LoadReport:
-    """What loading the segments found: records kept, damaged records skipped, torn tails."""
+    """What loading the segments found: segments read, damaged records skipped, torn tails."""
 
     segments: int = 0
     damaged: int = 0
-    damaged_bytes: int = 0
     torn_tails: int = 0
 
 
@@ -174,10 +173,7 @@ class DiskBlockStore(BlockStore):
         self.used = sum(location.length for location in self._locations.values())
         self._segment = max(self._segment_bytes, default=0) + 1  # each start writes a new segment
         self._writer: int | None = None  # opened on the first write of this run
-        self._size = 0
         self.commit = GroupCommit(self._sync_writer)
-        self.compactions = 0
-        self.reclaimed_bytes = 0
 
     def _path(self, segment: int) -> Path:
         suffix = LEGACY_SUFFIX if self._versions.get(segment) == 1 else SUFFIX
@@ -199,12 +195,8 @@ class DiskBlockStore(BlockStore):
             found = self._scan_file(segment)
             report.segments += 1
             report.damaged += found.damaged
-            report.damaged_bytes += found.damaged_bytes
             report.torn_tails += 1 if found.torn_tail else 0
             self._apply(segment, found.records)
-        if report.damaged or report.torn_tails:
-            log.warning("block store %s: skipped %d damaged record(s) (%d bytes) and %d torn tail(s) in %d segment(s)",
-                        self.directory, report.damaged, report.damaged_bytes, report.torn_tails, report.segments)
         return report
 
     def _scan_file(self, segment: int) -> records.Scan:
@@ -219,8 +211,9 @@ class DiskBlockStore(BlockStore):
                     found = records.scan(mapped, MAX_BLOCK, self._versions[segment])
         except OSError as exc:
             raise StoreError(f"cannot read a block segment: {describe_os_error(exc, path)}") from None
-        if found.damaged:
-            log.warning("segment %s: skipped %d damaged record(s), %d bytes", path, found.damaged, found.damaged_bytes)
+        if found.damaged or found.torn_tail:
+            log.warning("segment %s: skipped %d damaged record(s) (%d bytes) and a torn tail of %d bytes",
+                        path, found.damaged, found.damaged_bytes, found.torn_tail)
         return found
 
     def _apply(self, segment: int, found: list[records.Record]) -> None:
@@ -234,19 +227,23 @@ class DiskBlockStore(BlockStore):
     # -- writing ------------------------------------------------------------------------
 
     def _append(self, kind: int, key: bytes, data: bytes) -> _Location:
-        if self._writer is not None and self._size + records.record_size(len(data)) > self.SEGMENT_LIMIT:
+        """Write one record to the segment being written (a tombstone is also
+        remembered there, for compaction) and return where its body lies."""
+        written = self._segment_bytes.get(self._segment, 0)
+        if self._writer is not None and written + records.record_size(len(data)) > self.SEGMENT_LIMIT:
             self._seal()
         if self._writer is None:
             self._writer = self._create_segment(self._segment)
         header = records.encode_header(kind, key, data)
-        offset = self._size
+        offset = self._segment_bytes[self._segment]
         try:
             _write_all(self._writer, header, data)
         except OSError as exc:
             raise StoreError(f"cannot write a block: {describe_os_error(exc, self._path(self._segment))}") from None
-        self._size += len(header) + len(data)
-        self._segment_bytes[self._segment] = self._size
+        self._segment_bytes[self._segment] = offset + len(header) + len(data)
         self.commit.written += 1
+        if kind == records.DELETE:
+            self._tombstones.setdefault(self._segment, []).append(key)
         return _Location(self._segment, offset + len(header), len(data))
 
     def _create_segment(self, segment: int) -> int:
@@ -256,8 +253,7 @@ class DiskBlockStore(BlockStore):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as exc:
             raise StoreError(f"cannot create a block segment: {describe_os_error(exc, path)}") from None
-        self._size = os.fstat(fd).st_size
-        self._segment_bytes[segment] = self._size
+        self._segment_bytes[segment] = os.fstat(fd).st_size
         if self.fsync == "always":
             self._sync_directory()
         return fd
@@ -320,7 +316,6 @@ class DiskBlockStore(BlockStore):
     async def _erase(self, key: bytes) -> None:
         if self._locations.pop(key, None) is not None:
             self._append(records.DELETE, key, b"")
-            self._tombstones.setdefault(self._segment, []).append(key)
             await self._durable()
 
     # -- compaction ------------------------------------------------------------------------------
@@ -373,7 +368,6 @@ class DiskBlockStore(BlockStore):
                 await trio.lowlevel.checkpoint()
         for key in keep_deleted:
             self._append(records.DELETE, key, b"")
-            self._tombstones.setdefault(self._segment, []).append(key)
         await trio.to_thread.run_sync(self._sync_writer)  # the copies are on disk before the original goes, whatever the policy
         path = self._path(segment)
         size = self._segment_bytes.pop(segment)
@@ -386,8 +380,6 @@ class DiskBlockStore(BlockStore):
             raise StoreError(f"cannot remove a compacted segment: {describe_os_error(exc, path)}") from None
         if self.fsync == "always":
             self._sync_directory()
-        self.compactions += 1
-        self.reclaimed_bytes += size
         log.info("compacted %s: %d live block(s) copied, %d bytes given back", path, len(live), size)
         return size
 

@@ -71,6 +71,8 @@ def emit(data: Any, as_json: bool, lines: Sequence[str]) -> None:
 
 # -- node ---------------------------------------------------------------------------
 
+MIN_STABILIZE_HELP = "as neighbours churn, shorten maintenance down to this (default: fixed intervals)"
+
 
 def cmd_node(args: argparse.Namespace) -> int:
     config = NodeConfig.every(
@@ -320,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--id", metavar="HEX", help="node ID, --insecure only (default: from the certificate's key; plaintext: SHA-256 of the address)")
     node.add_argument("--stabilize-interval", type=positive(), default=1.0, metavar="S")
     node.add_argument("--min-stabilize-interval", type=positive(), metavar="S",
-                      help="as neighbours churn, shorten maintenance down to this (default: fixed intervals)")
+                      help=MIN_STABILIZE_HELP)
     node.add_argument("--lookup-mode", default="iterative", choices=LOOKUP_MODES,
                       help="lookups this node makes: iterative, or recursive (hops pass the query on; iterative if that fails)")
     node.add_argument("--successors", type=int, default=8, metavar="R", help="successor list length")
@@ -400,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--stabilize-interval", type=positive(), default=30.0, metavar="S",
                           help="maintenance interval while nothing changes (also fingers and predecessor checks)")
     simulate.add_argument("--min-stabilize-interval", type=positive(), metavar="S",
-                          help="as neighbours churn, shorten maintenance down to this (default: fixed intervals)")
+                          help=MIN_STABILIZE_HELP)
     simulate.add_argument("--successors", type=int, default=8, metavar="R")
     simulate.add_argument("--duration", type=duration, default=600.0, help="virtual time after the set-up: 2h, 90m, 3600s or 3600")
     simulate.add_argument("--fail-fraction", type=fraction, default=0.2, metavar="P", help="fail: share of nodes that crash at once")
