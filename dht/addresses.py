@@ -1,8 +1,12 @@
-"""Network addresses as the ring writes them: "host:port", "[v6]:port".
+"""Network addresses as the ring writes them: "host:port", "[v6]:port", and a
+virtual node's "host:port/i".
 
 Owns parsing and printing them and deciding which one a node advertises: a node
 bound to an unspecified address (0.0.0.0, ::) must be told the address peers
-reach it at, since no peer can connect to "0.0.0.0". Pure: no sockets.
+reach it at, since no peer can connect to "0.0.0.0". A process holding several
+ring positions (virtual nodes) answers for all of them on one address; position
+i > 0 is written with the suffix "/i", and the part before it (`host_of`) names the
+machine, which is what replica placement keeps distinct. Pure: no sockets.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import ipaddress
 from .errors import describe
 
 MAX_PORT = 65535
+MAX_VNODES = 64  # ring positions one process may hold
+_VNODE_MARK = "/"
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -70,3 +76,27 @@ def _is_ipv6(text: str) -> bool:
         return isinstance(ipaddress.ip_address(text), ipaddress.IPv6Address)
     except ValueError:
         return False
+
+
+def host_of(address: str) -> str:
+    """The process an address reaches: the address without a virtual node's "/i"."""
+    return address.partition(_VNODE_MARK)[0]
+
+
+def vnode_index(address: str) -> int:
+    """Which of its process's positions an address names: 0 for a plain address;
+    ValueError for a suffix that is not 1..MAX_VNODES−1 in plain decimal."""
+    _, mark, text = address.partition(_VNODE_MARK)
+    if not mark:
+        return 0
+    if not text.isascii() or not text.isdigit() or text.startswith("0") or int(text[:3]) >= MAX_VNODES:
+        raise ValueError(f"address {describe(address)}: a virtual node suffix is /1../{MAX_VNODES - 1}")
+    return int(text)
+
+
+def vnode_address(address: str, index: int) -> str:
+    """The address of position `index` of the process at `address`."""
+    if not 0 <= index < MAX_VNODES:
+        raise ValueError(f"a process holds virtual nodes 0..{MAX_VNODES - 1}, not {index}")
+    host = host_of(address)
+    return host if index == 0 else f"{host}{_VNODE_MARK}{index}"

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, BinaryIO, Callable
 import trio
 
 from . import messages
+from .addresses import host_of
 from .errors import ChordError, RemoteError, TransportError
 from .ids import IdSpace
 from .lookup import ReplicaCache, StartingPoints, in_ring_order, iterate
@@ -41,13 +42,13 @@ from .merkle import (
 )
 from .messages import LookupResult
 from .node import ChordNode, remote_step
-from .routing import NodeRef
+from .routing import NodeRef, distinct_hosts
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
 Locate = Callable[[int], Awaitable[LookupResult]]
-KnownMembers = Callable[[], Awaitable[set[int]]]  # IDs of the entry node and the nodes it knows follow it
+KnownMembers = Callable[[], Awaitable[set[str]]]  # machines (`host_of`) of the entry node and the nodes it knows follow it
 Call = Callable[..., Awaitable[Any]]
 Sink = Callable[[bytes], Awaitable[None]]
 Progress = Callable[[int], None]
@@ -113,8 +114,8 @@ class DhtClient:
     def for_node(cls, node: ChordNode, **options: Any) -> "DhtClient":
         """A client inside a node: it locates keys with the node's own lookups."""
 
-        async def known_members() -> set[int]:
-            return {node.me.id, *(successor.id for successor in node.routing.successors)}
+        async def known_members() -> set[str]:
+            return {host_of(member.address) for member in (node.me, *node.routing.successors)}
 
         return cls(node.call, node.lookup, node.space, known_members=known_members, **options)
 
@@ -151,9 +152,9 @@ class DhtClient:
             starts.learn([*result.path, *result.successors])
             return result
 
-        async def known_members() -> set[int]:
+        async def known_members() -> set[str]:
             now = messages.NodeInfo.from_wire(await call(entry, "info"))
-            return {now.me.id, *(successor.id for successor in now.successors)}
+            return {host_of(member.address) for member in (now.me, *now.successors)}
 
         options.setdefault("replicas", info.store.get("replicas", DEFAULT_REPLICAS))
         return cls(call, locate, space, known_members=known_members, **options)
@@ -190,9 +191,10 @@ class DhtClient:
         raise PutFailed(f"block {key.hex()[:16]}…: only {acknowledged} of {needed} copies acknowledged" + (f" ({reasons})" if reasons else ""))
 
     async def replica_set(self, position: int) -> list[NodeRef]:
-        """The owner of `position` and the r−1 nodes after it, distinct and in ring
-        order (`dht.lookup` keeps only such a run). Fewer than r only in a ring of
-        fewer than r nodes: the entry node must know of no node outside the set;
+        """The owner of `position` and the r−1 nodes after it on other machines
+        (virtual nodes of one process count once), in ring order. Fewer than r
+        only in a ring of fewer than r machines: the entry node must know of no
+        machine outside the set;
         otherwise PutFailed, so that a lookup cut short (by a liar, or successor
         lists still filling up) never lowers the number of copies."""
         successors = self.lookups.replicas(position, trio.current_time(), WRITE_LOOKUP_AGE)
@@ -200,10 +202,10 @@ class DhtClient:
             result = await self.locate(position)
             self.lookups.remember(result, trio.current_time())
             successors = result.successors
-        nodes = in_ring_order(self.space, position, successors)[: self.replicas]
+        nodes = distinct_hosts(in_ring_order(self.space, position, successors), self.replicas)
         if len(nodes) < self.replicas:
-            known = await self.known_members() if self.known_members else {-1}
-            if not known <= {node.id for node in nodes}:
+            known = await self.known_members() if self.known_members else {""}
+            if not known <= {host_of(node.address) for node in nodes}:
                 raise PutFailed(
                     f"the lookup found only {len(nodes)} of {self.replicas} replicas, but the ring has more nodes; try again"
                 )

@@ -6,7 +6,8 @@ names its holder (subject CN) and one role (subject OU): `node` may make ring
 calls, `client` may put and get, `reader` may only get. A node's ring ID is the
 hash of its certificate's public key (SubjectPublicKeyInfo, DER), so no node can
 choose where it sits, and a reference [address, id] is only believed once the
-certificate seen at that address gives that ID. Pure: it parses certificates
+certificate seen at that address gives that ID (at a virtual node's address
+"host/i", the ID derived from it for position i). Pure: it parses certificates
 handed to it and does no I/O; chain and expiry checks happen in the TLS handshake.
 """
 
@@ -15,12 +16,17 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
+if TYPE_CHECKING:
+    from .routing import NodeRef
+
+from .addresses import vnode_index
 from .errors import CertificateError
 from .ids import IdSpace
 
@@ -101,3 +107,18 @@ def identity_of_der(der: bytes, space: IdSpace) -> PeerIdentity:
     except ValueError as exc:
         raise CertificateError(f"unreadable peer certificate: {exc}") from None
     return identity_of_certificate(certificate, space)
+
+
+def gives_position(identity: PeerIdentity, node: "NodeRef", space: IdSpace) -> bool:
+    """Whether the holder of `identity` may answer as `node`: the ID its key gives
+    at its plain address, or at "host/i" the ID of its virtual node i
+    (`IdSpace.vnode_id`), so no process chooses where any of its positions sit."""
+    if identity.node_id is None:
+        return False
+    if node.id == identity.node_id:
+        return True
+    try:
+        index = vnode_index(node.address)
+    except ValueError:
+        return False
+    return index > 0 and node.id == space.vnode_id(identity.node_id, index)

@@ -1,6 +1,6 @@
 """Identifier-space arithmetic for the Chord ring.
 
-Owns the 2^m circle: hashing addresses and keys onto it, clockwise distance, the
+Owns the 2^m circle: hashing addresses, keys and virtual nodes onto it, clockwise distance, the
 open and half-open interval tests Chord is built on, and finger start points.
 Pure: no I/O, no time, no randomness.
 """
@@ -61,6 +61,14 @@ class IdSpace:
     def node_id(self, address: str) -> int:
         """The default ID of a node advertising host:port."""
         return self.hash(address.encode("utf-8"))
+
+    def vnode_id(self, base_id: int, index: int) -> int:
+        """The ID of a process's virtual node `index`, derived from the ID of its
+        first position (which its certificate binds), so no process chooses
+        where its other positions sit either. Index 0 is the base ID itself."""
+        if index == 0:
+            return base_id
+        return self.hash(b"chordcdn vnode %d %d" % (base_id, index))
 
     def distance(self, a: int, b: int) -> int:
         """Clockwise distance from a to b."""

@@ -3,7 +3,11 @@
 Owns Chord's periodic repair for a `ChordNode`: stabilize (with the caller's half
 of notify), fix_fingers, check_predecessor, and strong stabilization with probes of
 departed peers, each repeated on its own timer; and the pace of those timers
-(`dht.pace`), which speeds up while the node's neighbours churn. The node's
+(`dht.pace`), which speeds up while the node's neighbours churn. A virtual node
+keeps its own fingers, but a process runs one fix_fingers timer for all of its
+positions, taking them in turn, so its finger lookups do not grow with their
+number; until its own are filled, a virtual node also routes with the first
+one's. The node's
 services (block repair) repeat through `repeat` too, at their own interval. The RPC
 handlers that answer these calls stay with the node.
 """
@@ -38,6 +42,8 @@ class Maintenance:
         config = node.config
         self.pace = ChurnPace(config.stabilize_interval, config.min_stabilize_interval or config.stabilize_interval)
         self._next_finger = 0
+        self.borrowers: list["ChordNode"] = []  # this process's other virtual nodes, whose fingers we fix in turn
+        self._turn = 0
         self._scope: trio.CancelScope | None = None
         self._nursery: trio.Nursery | None = None
 
@@ -56,7 +62,8 @@ class Maintenance:
         async with trio.open_nursery() as nursery:
             self._scope, self._nursery = nursery.cancel_scope, nursery
             nursery.start_soon(self.repeat, cfg.stabilize_interval, self.stabilize)
-            nursery.start_soon(self.repeat, cfg.fix_fingers_interval, self.fix_fingers)
+            if self.node.routing.lender is None:  # a virtual node's fingers are fixed in its lender's turn
+                nursery.start_soon(self.repeat, cfg.fix_fingers_interval, self.fix_fingers_in_turn)
             nursery.start_soon(self.repeat, cfg.check_predecessor_interval, self.check_predecessor)
             task_status.started()
 
@@ -180,6 +187,16 @@ class Maintenance:
             routing.set_successors(nearest, [])
             log.info("%r: the ring is cut after us; trying %s as successor", self.node, nearest.address)
 
+    async def fix_fingers_in_turn(self) -> None:
+        """One fix_fingers step, for this node or, in turn, one of its process's
+        virtual nodes: a process pays for one finger lookup per interval however
+        many positions it holds, and each position's table refreshes that many
+        times more slowly."""
+        turn = [self.node, *self.borrowers]
+        position = turn[self._turn % len(turn)]
+        self._turn = (self._turn + 1) % len(turn)
+        await position.maintenance.fix_fingers()
+
     async def fix_fingers(self) -> None:
         """Refresh the next finger, and every later finger the same node answers
         (a finger whose interval holds nodes takes the nearest of them, `_nearest`);
@@ -278,7 +295,11 @@ class Maintenance:
             self._observe_neighbours()
 
     async def _check_predecessor(self) -> None:
-        predecessor = self.node.routing.predecessor
-        if predecessor is not None:
-            await self.node.replace_if_dead(predecessor, None)
+        node = self.node
+        predecessor = node.routing.predecessor
+        if predecessor is None:
+            return
+        if node.routing.lender is not None and trio.current_time() - node.predecessor_heard < node.config.check_predecessor_interval:
+            return  # a virtual node's predecessor that notified it this interval is alive: no ping
+        await node.replace_if_dead(predecessor, None)
 

@@ -10,16 +10,18 @@ handled like one that does not answer. Messages about bad values go through
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, TypeVar
 
 from .errors import BadReply, BadRequest, Forbidden, describe
-from .identity import PeerIdentity, Role
+from .identity import PeerIdentity, Role, gives_position
 from .ids import IdSpace, in_half_open
 from .merkle import HASH_SIZE
 from .routing import MAX_REFS, NodeRef, refs_from_wire, refs_to_wire
+from .wire import pack
 
 T = TypeVar("T")
 
@@ -124,9 +126,9 @@ def node_arg(value: Any, space: IdSpace, method: str) -> NodeRef:
 
 def self_arg(value: Any, space: IdSpace, caller: PeerIdentity, method: str) -> NodeRef:
     """A node reference the caller gives for itself: on an authenticated link its ID
-    must be the one the caller's certificate gives."""
+    must be one the caller's certificate gives (`identity.gives_position`)."""
     node = node_arg(value, space, method)
-    if caller.authenticated and caller.node_id != node.id:
+    if caller.authenticated and not gives_position(caller, node, space):
         raise Forbidden(f"{method}: {caller} may only name itself, not ID {space.short(node.id)}")
     return node
 
@@ -273,8 +275,30 @@ def step_reply(value: Any, space: IdSpace) -> tuple[bool, list[NodeRef]]:
     return _reply(decode, "step")
 
 
-def notify_reply(value: Any, space: IdSpace) -> tuple[NodeRef | None, list[NodeRef]]:
-    """→ (the predecessor the peer had, its successor list)."""
+LIST_DIGEST_SIZE = 8
+
+
+def list_digest(nodes: list[NodeRef]) -> bytes:
+    """A short digest of a successor list: a notify that sends the digest of the
+    list it last got back is answered without the list while it is unchanged."""
+    return hashlib.blake2b(pack(refs_to_wire(nodes)), digest_size=LIST_DIGEST_SIZE).digest()
+
+
+def notify_args(args: list[Any], space: IdSpace, caller: PeerIdentity) -> tuple[NodeRef, bytes | None]:
+    """notify's [caller's own ref] or [ref, digest of the successor list it holds of us]."""
+    arguments(args, range(1, 3), "notify")
+    candidate = self_arg(args[0], space, caller, "notify")
+    digest = args[1] if len(args) == 2 else None
+    if digest is not None and not (isinstance(digest, bytes) and len(digest) == LIST_DIGEST_SIZE):
+        raise BadRequest(f"notify: a successor list digest is {LIST_DIGEST_SIZE} bytes, got {describe(digest)}")
+    return candidate, digest
+
+
+def notify_reply(value: Any, space: IdSpace) -> tuple[NodeRef | None, list[NodeRef] | None]:
+    """→ (the predecessor the peer had, its successor list, or None for "the one
+    whose digest you sent")."""
+    if isinstance(value, list) and len(value) == 2 and value[1] is None:
+        return _arc_reply([value[0], []], space, "notify")[0], None
     return _arc_reply(value, space, "notify")
 
 

@@ -11,6 +11,7 @@ same code therefore runs over TCP and on the simulated network.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
@@ -18,7 +19,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 import trio
 
 from . import messages
-from .errors import BadRequest, ChordError, LookupFailed, RemoteError, RoutingLoop, TransportError
+from .errors import BadReply, BadRequest, ChordError, LookupFailed, RemoteError, RoutingLoop, TransportError
 from .identity import PeerIdentity
 from .ids import DEFAULT_BITS, IdSpace, in_open
 from .lookup import hop_limit, iterate
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 JOIN_ATTEMPTS = 3
+LISTS_REMEMBERED = 16  # successor lists kept to name by digest in the next notify (a successor, walk-back steps)
 LOOKUP_MODES = ("iterative", "recursive")
 RECURSIVE_SHARE = 0.5  # of a lookup's time, spent on a recursive try before an iterative one
 RpcHandler = Callable[[PeerIdentity, list[Any]], Any]
@@ -90,15 +92,23 @@ class ChordNode:
         config: NodeConfig = NodeConfig(),
         node_id: int | None = None,
         rng: random.Random | None = None,
+        lender: "ChordNode | None" = None,
     ) -> None:
+        """`lender`: the first position of this process, when this is a virtual
+        node: it fixes this one's fingers in turn with its own and lends its
+        fingers meanwhile (`dht.maintenance`)."""
         self.config = config
         self.space = IdSpace(config.bits)
         self.transport = transport
         ident = self._own_id(transport, node_id)
         self.me = NodeRef(ident, transport.address)
-        self.routing = RoutingTable(self.me, self.space, config.successor_list_size)
+        self.routing = RoutingTable(self.me, self.space, config.successor_list_size, lender.routing if lender else None)
         self.maintenance = Maintenance(self)
+        if lender is not None:
+            lender.maintenance.borrowers.append(self)
         self._predecessor_check: trio.Event | None = None  # set when a notify from behind has checked it
+        self.predecessor_heard = -math.inf  # when our predecessor last notified us (trio time)
+        self._lists_heard: dict[int, list[NodeRef]] = {}  # successor lists notify got back, by the answering node
         self.peers = PeerCalls(transport, self.space, config.rpc_timeout, config.min_rpc_timeout, config.rpc_attempts)
         self.departed = DepartedPeers()
         self.rng = rng or random.Random(ident)
@@ -151,8 +161,18 @@ class ChordNode:
     async def notify_peer(self, node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
         """Tell node we may be its predecessor; get back the predecessor it had before
         (the paper's successor.predecessor) and its successor list."""
+        cached = self._lists_heard.get(node.id)
+        args = [self.me.to_wire()] + ([messages.list_digest(cached)] if cached is not None else [])
         decode = lambda reply: messages.notify_reply(reply, self.space)  # noqa: E731
-        return await self.ask(node, "notify", decode, self.me.to_wire())
+        predecessor, its_successors = await self.ask(node, "notify", decode, *args)
+        if its_successors is None:  # unchanged since the list we named
+            if cached is None:
+                raise BadReply("notify: an unchanged successor list was claimed, but none was named")
+            return predecessor, cached
+        if len(self._lists_heard) >= LISTS_REMEMBERED:
+            self._lists_heard.clear()
+        self._lists_heard[node.id] = its_successors
+        return predecessor, its_successors
 
     # -- joining and leaving -----------------------------------------------------
 
@@ -357,8 +377,7 @@ class ChordNode:
         is behind the times or ours is dead, and only a ping tells which (the
         reply waits for it, so a node that joins behind a dead predecessor is
         adopted before its join returns, not one check_predecessor later)."""
-        (value,) = messages.arguments(args, 1, "notify")
-        candidate = messages.self_arg(value, self.space, caller, "notify")
+        candidate, digest = messages.notify_args(args, self.space, caller)
         routing = self.routing
         predecessor = routing.predecessor
         # A node that knows no other (a new ring's founder, or the last one left)
@@ -366,6 +385,8 @@ class ChordNode:
         # successors must not, or it closes a small loop beside the ring.
         lonely = not routing.successors and not routing.known_nodes() and not routing.cut_off
         if candidate.id != self.me.id:
+            if predecessor is not None and candidate.id == predecessor.id:
+                self.predecessor_heard = trio.current_time()
             if predecessor is None or in_open(candidate.id, predecessor.id, self.me.id):
                 routing.set_predecessor(candidate)
                 log.info("%r: predecessor is now %s", self, candidate.address)
@@ -373,7 +394,7 @@ class ChordNode:
                 return self._notified_behind(candidate, predecessor)
             if lonely:
                 routing.set_successors(candidate, [])
-        return self._notify_reply(predecessor)
+        return self._notify_reply(predecessor, digest)
 
     async def _notified_behind(self, candidate: NodeRef, predecessor: NodeRef) -> list[Any]:
         """Check the predecessor (one check at a time, in the node's own tasks, so
@@ -403,8 +424,11 @@ class ChordNode:
         self.routing.set_predecessor(replacement)
         log.info("%r: predecessor %s failed%s", self, predecessor.address, f"; {replacement.address} follows it" if replacement else "")
 
-    def _notify_reply(self, predecessor: NodeRef | None) -> list[Any]:
-        return [predecessor.to_wire() if predecessor else None, refs_to_wire(self.routing.successors)]
+    def _notify_reply(self, predecessor: NodeRef | None, digest: bytes | None = None) -> list[Any]:
+        """[predecessor, successor list], the list as None when it is the one `digest` names."""
+        successors = self.routing.successors
+        unchanged = digest is not None and digest == messages.list_digest(successors)
+        return [predecessor.to_wire() if predecessor else None, None if unchanged else refs_to_wire(successors)]
 
     def _on_consider_successor(self, caller: PeerIdentity, args: list[Any]) -> bool:
         (value,) = messages.arguments(args, 1, "consider_successor")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from .addresses import host_of
 from .errors import describe
 from .ids import IdSpace, in_half_open, in_open
 
@@ -70,24 +71,49 @@ def merge_successor_list(
     me: NodeRef, successor: NodeRef, its_successors: Sequence[NodeRef], size: int
 ) -> list[NodeRef]:
     """Our successor list: the successor (unless it is us), then its list up to us
-    (past us a list would run round the ring a second time), without repeats."""
+    (past us a list would run round the ring a second time), without repeats, and
+    with one position per process (`addresses.host_of`): a process's virtual nodes
+    fail and leave together, so a second one of them adds no fallback, and the
+    list spans as many machines as it holds entries."""
     merged: list[NodeRef] = []
     seen: set[int] = {me.id}
+    hosts: set[str] = set()
     for position, node in enumerate((successor, *its_successors)):
         if node.id == me.id and position > 0:
             break
-        if node.id not in seen:
+        host = host_of(node.address)
+        if node.id not in seen and host not in hosts:
             seen.add(node.id)
+            hosts.add(host)
             merged.append(node)
         if len(merged) == size:
             break
     return merged
 
 
+def distinct_hosts(nodes: Iterable[NodeRef], limit: int | None = None, besides: str | None = None) -> list[NodeRef]:
+    """The first node of each process in `nodes` (order kept), skipping the process
+    `besides`, at most `limit` of them: where r copies of a block go, so that no
+    machine holds two of them."""
+    chosen: list[NodeRef] = []
+    hosts: set[str] = set() if besides is None else {host_of(besides)}
+    for node in nodes:
+        host = host_of(node.address)
+        if host not in hosts:
+            hosts.add(host)
+            chosen.append(node)
+            if len(chosen) == limit:
+                break
+    return chosen
+
+
 class RoutingTable:
     """One node's view of the ring."""
 
-    def __init__(self, me: NodeRef, space: IdSpace, successor_list_size: int = 8) -> None:
+    def __init__(self, me: NodeRef, space: IdSpace, successor_list_size: int = 8, lender: "RoutingTable | None" = None) -> None:
+        """`lender`: the table of this process's first position, when this is a
+        virtual node: its fingers are routing candidates here too (a virtual
+        node's own fill up only in its turn, `dht.maintenance`)."""
         if successor_list_size < 1:
             raise ValueError("successor list size must be at least 1")
         self.me = me
@@ -97,6 +123,9 @@ class RoutingTable:
         self.successors: list[NodeRef] = []
         self.fingers: list[NodeRef | None] = [None] * space.bits
         self._candidates: list[NodeRef] | None = None
+        self.lender = lender
+        self.version = 0  # counts changes of the routing candidates (a borrower's cache key)
+        self._lent_version = -1
         self.cut_off = False  # every node it knew stopped answering: it is not alone, only lost
 
 
@@ -177,7 +206,7 @@ class RoutingTable:
             self.cut_off = False
         if merged != self.successors:  # most stabilize rounds change nothing: keep the candidates
             self.successors = merged
-            self._candidates = None
+            self._changed()
 
     def set_predecessor(self, node: NodeRef | None) -> None:
         self.predecessor = None if node is not None and node.id == self.me.id else node
@@ -190,7 +219,7 @@ class RoutingTable:
         while index < bits and (1 << index) <= span:
             self.fingers[index] = None if node.id == self.me.id else node
             index += 1
-        self._candidates = None
+        self._changed()
         return index % bits
 
     def finger_index(self, node_id: int) -> int:
@@ -203,7 +232,7 @@ class RoutingTable:
         if self.finger_index(node.id) != index:
             raise ValueError(f"{node.address} lies outside finger interval {index}")
         self.fingers[index] = node
-        self._candidates = None
+        self._changed()
 
     def learn(self, node: NodeRef) -> None:
         """Use a node heard of elsewhere as a finger hint where its slot is empty or worse."""
@@ -214,12 +243,15 @@ class RoutingTable:
         start = self.space.finger_start(self.me.id, index)
         if current is None or self.space.distance(start, node.id) < self.space.distance(start, current.id):
             self.fingers[index] = node
-            self._candidates = None
+            self._changed()
 
     def forget(self, node_id: int, gracefully: bool = False) -> bool:
         """Drop a node believed dead (or one that left `gracefully`) from every
         table; return whether it was known. Losing the last known node to a
-        failure leaves the table `cut_off`."""
+        failure leaves the table `cut_off`. A virtual node tells its lender too: a
+        dead peer is dead for the whole process."""
+        if self.lender is not None:
+            self.lender.forget(node_id, gracefully)
         known = False
         if self.predecessor is not None and self.predecessor.id == node_id:
             self.predecessor = None
@@ -233,15 +265,23 @@ class RoutingTable:
                 self.fingers[index] = None
                 known = True
         if known:
-            self._candidates = None
+            self._changed()
             if not gracefully and self.predecessor is None and not self.successors and not self._routing_candidates():
                 self.cut_off = True
         return known
 
+    def _changed(self) -> None:
+        self._candidates = None
+        self.version += 1
+
     def _routing_candidates(self) -> list[NodeRef]:
+        lender = self.lender
+        if lender is not None and self._lent_version != lender.version:
+            self._candidates, self._lent_version = None, lender.version
         if self._candidates is None:
             distinct: dict[int, NodeRef] = {}
-            for node in (*self.successors, *self.fingers):
+            borrowed = lender._routing_candidates() if lender is not None else ()
+            for node in (*self.successors, *self.fingers, *borrowed):
                 if node is not None and node.id != self.me.id:
                     distinct.setdefault(node.id, node)
             self._candidates = list(distinct.values())

@@ -22,8 +22,10 @@ from .client import DhtClient
 from .errors import LookupFailed
 from .node import ChordNode, NodeConfig
 from .storage import BlockService, StorageConfig
-from .routing import NodeRef
-from .simnet import SimNetwork
+from .routing import NodeRef, merge_successor_list
+from .simnet import SimEndpoint, SimNetwork
+from .vnodes import open_positions
+from .addresses import MAX_VNODES, vnode_address
 
 
 class ConvergenceTimeout(Exception):
@@ -85,13 +87,19 @@ class SimCluster:
         config: NodeConfig,
         rng: random.Random,
         storage: StorageConfig | None = None,
+        vnodes: int = 1,
     ) -> None:
+        """`vnodes`: ring positions per simulated process (`dht.vnodes`)."""
+        if not 1 <= vnodes <= MAX_VNODES:
+            raise ValueError(f"vnodes must be in 1..{MAX_VNODES}, got {vnodes}")
+        self.vnodes = vnodes
         self.nursery = nursery
         self.network = network
         self.config = config
         self.rng = rng
         self.storage = storage
-        self.nodes: dict[str, ChordNode] = {}
+        self.nodes: dict[str, ChordNode] = {}  # each process's first position, by its address
+        self.positions: dict[str, ChordNode] = {}  # every position, virtual ones included
         self.services: dict[str, BlockService] = {}
         self.retired_repair_bytes = 0
         self._scopes: dict[str, trio.CancelScope] = {}
@@ -100,6 +108,7 @@ class SimCluster:
         self._joining: set[int] = set()  # IDs of nodes whose join is under way
         self._leaving: set[int] = set()  # IDs of nodes whose graceful leave is under way
         self._addresses: list[str] = []
+        self._hosts: dict[str, list[ChordNode]] = {}  # a process's positions, by its first one's address
 
     # -- membership -----------------------------------------------------------------
 
@@ -108,20 +117,32 @@ class SimCluster:
         return f"sim-{self._serial}"
 
     def _make_node(self, address: str | None, node_id: int | None) -> ChordNode:
+        """A process's nodes (its first, then its virtual ones), not yet joined."""
         while True:
             address = address or self.new_address()
             node = ChordNode(self.network.endpoint(address), self.config, node_id, random.Random(self.rng.random()))
-            if node.me.id not in self._id_set():
+            positions = open_positions(node, self.vnodes, self._virtual_endpoint(address), self.rng)
+            if not {position.me.id for position in positions} & self._id_set():
+                self._hosts[address] = positions
                 if self.storage is not None:
-                    self.services[address] = BlockService(node, MemoryBlockStore(node.space), self.storage)
+                    self.services[address] = BlockService(positions, MemoryBlockStore(node.space), self.storage)
                 return node
+            for position in positions:
+                self.network.crash(position.me.address)
             if node_id is not None:
                 raise ValueError(f"node ID {node_id:x} is already live")
-            self.network.crash(address)
             address = None
 
+    def _virtual_endpoint(self, address: str) -> Callable[[int, int], SimEndpoint]:
+        """Endpoints for a process's virtual nodes: one per position, at "address/i"."""
+        return lambda index, _ident: self.network.endpoint(vnode_address(address, index))
+
     def _id_set(self) -> set[int]:
-        return {node.me.id for node in self.nodes.values()}
+        return {node.me.id for node in self.positions.values()}
+
+    def host(self, address: str) -> list[ChordNode]:
+        """Every position of the live process at `address` (its first one's)."""
+        return self._hosts[address]
 
     async def add_node(self, bootstrap: str | None = None, address: str | None = None, node_id: int | None = None) -> ChordNode:
         """Start a node that joins through `bootstrap` (a random live node when None;
@@ -129,15 +150,19 @@ class SimCluster:
         node = self._make_node(address, node_id)
         if bootstrap is None and self.nodes:
             bootstrap = self.rng.choice(sorted(self.nodes))
-        self._joining.add(node.me.id)
+        positions = self._hosts[node.me.address]
+        self._joining.update(position.me.id for position in positions)
         try:
-            await node.join(bootstrap)
+            for position in positions:
+                await position.join(bootstrap or (node.me.address if position is not node else None))
         except BaseException:
-            self.network.crash(node.me.address)  # never half-attached
+            for position in positions:
+                self.network.crash(position.me.address)  # never half-attached
             self.services.pop(node.me.address, None)
+            del self._hosts[node.me.address]
             raise
         finally:
-            self._joining.discard(node.me.id)
+            self._joining.difference_update(position.me.id for position in positions)
         self._register(node)
         self._scopes[node.me.address] = await self.nursery.start(self._run, node, self.services.get(node.me.address))
         return node
@@ -164,7 +189,9 @@ class SimCluster:
 
     def _register(self, node: ChordNode) -> None:
         self.nodes[node.me.address] = node
-        bisect.insort(self._ids, node.me.id)
+        for position in self._hosts[node.me.address]:
+            self.positions[position.me.address] = position
+            bisect.insort(self._ids, position.me.id)
         bisect.insort(self._addresses, node.me.address)
 
     def _unregister(self, address: str) -> ChordNode:
@@ -173,14 +200,16 @@ class SimCluster:
         service = self.services.pop(address, None)
         if service is not None:
             self.retired_repair_bytes += service.stats.repair_bytes
-        self._ids.pop(bisect.bisect_left(self._ids, node.me.id))
+        for position in self._hosts.pop(address):
+            del self.positions[position.me.address]
+            self._ids.pop(bisect.bisect_left(self._ids, position.me.id))
         scope = self._scopes.pop(address, None)
         if scope is not None:
             scope.cancel()
         return node
 
-    @staticmethod
     async def _run(
+        self,
         node: ChordNode,
         service: BlockService | None,
         task_status: trio.TaskStatus[trio.CancelScope] = trio.TASK_STATUS_IGNORED,
@@ -188,25 +217,34 @@ class SimCluster:
         with trio.CancelScope() as scope:
             task_status.started(scope)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(node.run)
+                for position in self._hosts[node.me.address]:
+                    nursery.start_soon(position.run)
                 if service is not None:
                     nursery.start_soon(service.run)
 
     def crash(self, address: str) -> ChordNode:
-        """Crash a node: it stops answering at once and its memory is gone."""
-        self.network.crash(address)
+        """Crash a node (all of its process's positions): it stops answering at once
+        and its memory is gone."""
+        for position in self._hosts[address]:
+            self.network.crash(position.me.address)
         return self._unregister(address)
 
     async def leave(self, address: str) -> ChordNode:
         """A graceful leave (handing off blocks first when storing), then the node is gone."""
         service = self.services.get(address)
+        positions = self._hosts[address]
         node = self._unregister(address)
-        self._leaving.add(node.me.id)
+        self._leaving.update(position.me.id for position in positions)
         try:
-            await (service.leave() if service is not None else node.leave())
+            if service is not None:
+                await service.leave()
+            else:
+                for position in positions:
+                    await position.leave()
         finally:
-            self._leaving.discard(node.me.id)
-            self.network.crash(address)
+            self._leaving.difference_update(position.me.id for position in positions)
+            for position in positions:
+                self.network.crash(position.me.address)
         return node
 
     # -- storage --------------------------------------------------------------------------
@@ -253,7 +291,7 @@ class SimCluster:
         return self._ids
 
     def _by_id(self) -> dict[int, ChordNode]:
-        return {node.me.id: node for node in self.nodes.values()}
+        return {node.me.id: node for node in self.positions.values()}
 
     def owner_id(self, key: int) -> int:
         """The ID of the live node that truly owns key."""
@@ -298,28 +336,34 @@ class SimCluster:
     def is_converged(self) -> bool:
         return not self.ring_errors()
 
+    def ideal_successors(self, node: ChordNode) -> list[NodeRef]:
+        """The successor list a live node holds on a stabilized ring: the live
+        positions that follow it, one per process (`routing.merge_successor_list`)."""
+        ids, by_id = self._ids, self._by_id()
+        index = bisect.bisect_left(ids, node.me.id)
+        count, size = len(ids), node.routing.successor_list_size
+        window = 2 * size  # widened only where a few processes hold most positions
+        while True:
+            after = [by_id[ids[(index + k) % count]].me for k in range(1, min(window, count) + 1)]
+            merged = merge_successor_list(node.me, after[0], after[1:], size) if count > 1 else []
+            if len(merged) == size or window >= count:
+                return merged
+            window *= 2
+
     def successor_lists_right(self) -> bool:
         """Every live node's successor list is exactly the live nodes that follow
         it, as many as the list holds (Zave's invariant, with the ring's order)."""
-        ids, count = self._ids, len(self._ids)
-        want = min(self.config.successor_list_size, count - 1)
-        by_id = self._by_id()
-        for index, ident in enumerate(ids):
-            actual = [node.id for node in by_id[ident].routing.successors]
-            if actual != [ids[(index + k) % count] for k in range(1, want + 1)]:
-                return False
-        return True
+        return all(node.routing.successors == self.ideal_successors(node) for node in self.positions.values())
 
     def successor_lists_full(self) -> bool:
         """Every live node's successor list is as long as the ring allows."""
-        want = min(self.config.successor_list_size, len(self.nodes) - 1)
-        return all(len(node.routing.successors) >= want for node in self.nodes.values())
+        return all(len(node.routing.successors) >= len(self.ideal_successors(node)) for node in self.positions.values())
 
     def fingers_converged(self) -> bool:
         """Every finger of every live node points at the true successor of its
         start, or at another live node of its interval (proximity's choice)."""
         live = self._by_id()
-        for node in self.nodes.values():
+        for node in self.positions.values():
             for index, finger in enumerate(node.routing.fingers):
                 owner = self.owner_id(node.space.finger_start(node.me.id, index))
                 if (finger.id if finger else node.me.id) == owner:
@@ -367,8 +411,8 @@ class SimCluster:
             if count == 1:
                 routing.successors, routing.predecessor = [], None
                 continue
-            after = [by_id[ids[(index + k) % count]].me for k in range(1, min(count, routing.successor_list_size + 1))]
-            routing.set_successors(after[0], after[1:])
+            ideal = self.ideal_successors(node)
+            routing.set_successors(ideal[0], ideal[1:])
             routing.set_predecessor(by_id[ids[index - 1]].me)
             finger = 0
             while True:

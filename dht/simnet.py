@@ -1,7 +1,7 @@
 """An in-memory network for running real nodes in virtual time.
 
 Owns simulated links: per-link latency, random loss, partitions between groups of
-addresses, and crash and restart of endpoints, and who each endpoint is (a `PeerIdentity`, so
+addresses (by machine: a virtual node's endpoint `host/i` sits with `host`), and crash and restart of endpoints, and who each endpoint is (a `PeerIdentity`, so
 role checks and ID binding run in simulation too). Everything waits through trio, so
 under `trio.testing.MockClock(autojump_threshold=0)` virtual hours pass in wall
 seconds. A call costs two sleeps (request and reply) and runs the target's handler
@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import trio
 
+from .addresses import host_of
 from .errors import CallTimeout, IdentityMismatch, RemoteError
 from .identity import UNAUTHENTICATED, PeerIdentity
 from .messages import traffic_kind
@@ -99,7 +100,8 @@ class SimNetwork:
 
     def partition(self, *groups: set[str] | list[str]) -> None:
         """Split the network: addresses in different groups cannot reach each other.
-        Addresses not named form one more group together."""
+        Addresses not named form one more group together. A virtual node goes with
+        its process's plain address."""
         self._group_of = {address: index + 1 for index, group in enumerate(groups) for address in group}
 
     def heal(self) -> None:
@@ -107,7 +109,9 @@ class SimNetwork:
         self._group_of = {}
 
     def latency(self, source: str, target: str) -> float:
-        base = self._latency(source, target) if callable(self._latency) else self._latency
+        """One way, between the machines the addresses are on (a process's virtual
+        nodes share its place)."""
+        base = self._latency(host_of(source), host_of(target)) if callable(self._latency) else self._latency
         if self.jitter:
             base *= 1.0 + self.jitter * (2.0 * self.rng.random() - 1.0)
         return base
@@ -115,7 +119,7 @@ class SimNetwork:
     # -- delivery ---------------------------------------------------------------
 
     def _delivers(self, source: str, target: str) -> bool:
-        if self._group_of and self._group_of.get(source, 0) != self._group_of.get(target, 0):
+        if self._group_of and self._group_of.get(host_of(source), 0) != self._group_of.get(host_of(target), 0):
             return False
         if self.loss and self.rng.random() < self.loss:
             self.stats.dropped += 1

@@ -25,18 +25,19 @@ import math
 import secrets
 from dataclasses import dataclass
 from itertools import takewhile
-from typing import Any
+from typing import Any, Sequence
 
 import trio
 
 from . import messages
+from .addresses import host_of
 from .blockstore import BlockStore
 from .errors import BadRequest, ChordError, RemoteError, TransportError
 from .identity import PeerIdentity
 from .ids import IdSpace, in_half_open
 from .merkle import MAX_BLOCK, possession_proof
 from .node import ChordNode
-from .routing import NodeRef
+from .routing import NodeRef, distinct_hosts
 from .scrub import Scrubber
 
 log = logging.getLogger(__name__)
@@ -74,23 +75,26 @@ class StorageStats:
 
 
 class BlockService:
-    """The block side of one node."""
+    """The block side of one process: one store behind all its ring positions."""
 
-    def __init__(self, node: ChordNode, store: BlockStore, config: StorageConfig = StorageConfig()) -> None:
-        self.node = node
+    def __init__(self, node: ChordNode | Sequence[ChordNode], store: BlockStore, config: StorageConfig = StorageConfig()) -> None:
+        """`node`: the process's node, or its virtual nodes, first one first."""
+        self.positions = [node] if isinstance(node, ChordNode) else list(node)
+        self.node = self.positions[0]
         self.store = store
         self.config = config
         self.stats = StorageStats()
-        for method, handler in {
-            "put_block": self._on_put_block,
-            "get_block": self._on_get_block,
-            "prove_blocks": self._on_prove_blocks,
-            "digests": self._on_digests,
-            "list_keys": self._on_list_keys,
-        }.items():
-            node.register(method, handler)
+        for position in self.positions:
+            for method, handler in {
+                "put_block": self._on_put_block,
+                "get_block": self._on_get_block,
+                "prove_blocks": self._on_prove_blocks,
+                "digests": self._on_digests,
+                "list_keys": self._on_list_keys,
+            }.items():
+                position.register(method, handler)
+            position.info_extras.append(self.figures)
         self.scrubber = Scrubber(store, config.scrub_rate) if config.scrub_rate else None
-        node.info_extras.append(self.figures)
 
     @property
     def space(self) -> IdSpace:
@@ -101,9 +105,21 @@ class BlockService:
         repaired = {"repair_pushed": self.stats.repair_pushed, "repair_pulled": self.stats.repair_pulled}
         return {"replicas": self.config.replicas, **self.store.figures(), **scrubbed, **repaired}
 
-    def replica_targets(self) -> list[NodeRef]:
-        """The successors that hold copies of what this node owns."""
-        return self.node.routing.successors[: self.config.replicas - 1]
+    def replica_targets(self, position: ChordNode | None = None) -> list[NodeRef]:
+        """The successors that hold copies of what `position` (the first by
+        default) owns: the next r−1 other machines."""
+        node = position or self.node
+        return distinct_hosts(node.routing.successors, self.config.replicas - 1, besides=node.me.address)
+
+    def _own_arcs(self) -> list[tuple[int, int]] | None:
+        """(predecessor, position] for every position; None while one has no predecessor."""
+        arcs = []
+        for position in self.positions:
+            predecessor = position.routing.predecessor
+            if predecessor is None:
+                return None
+            arcs.append((predecessor.id, position.me.id))
+        return arcs
 
     # -- RPC handlers ----------------------------------------------------------------------
 
@@ -151,15 +167,17 @@ class BlockService:
             await self.node.repeat(self.config.repair_interval, self.repair, purpose="data")
 
     async def repair(self) -> None:
-        """One maintenance pass: bring our successors level with our own arc, then
-        drop copies we are no longer a replica for."""
-        predecessor = self.node.routing.predecessor
-        if predecessor is not None:
-            for target in self.replica_targets():
+        """One maintenance pass: bring our successors level with each of our own
+        arcs, then drop copies we are no longer a replica for."""
+        for position in self.positions:
+            predecessor = position.routing.predecessor
+            if predecessor is None:
+                continue
+            for target in self.replica_targets(position):
                 try:
-                    await self.sync_arc(target, predecessor.id, self.node.me.id, depth=0)
+                    await self.sync_arc(target, predecessor.id, position.me.id, depth=0)
                 except ChordError as exc:  # unreachable, lying, full: the next pass tries again
-                    log.info("%r: repair with %s failed: %s", self.node, target.address, exc)
+                    log.info("%r: repair with %s failed: %s", position, target.address, exc)
         await self.drop_unneeded()
 
     async def sync_arc(self, peer: NodeRef, lo: int, hi: int, depth: int, pull: bool = True) -> None:
@@ -199,23 +217,33 @@ class BlockService:
     async def drop_unneeded(self) -> None:
         """Drop copies of keys whose replica set no longer includes us, once every
         member of that set has proved holding them (pushing to any that cannot)."""
-        me, predecessor = self.node.me, self.node.routing.predecessor
-        if predecessor is None:
-            return
-        foreign = self.store.keys_in(me.id, predecessor.id)  # everything outside our own arc
+        me = self.node.me
+        foreign = self._foreign_keys()
         index = 0
         while index < len(foreign):
             result = await self.node.lookup(self.space.position(foreign[index]))
-            replicas = result.successors[: self.config.replicas]
+            replicas = distinct_hosts(result.successors, self.config.replicas)
             same_owner = lambda key: in_half_open(self.space.position(key), me.id, result.owner.id)  # noqa: E731
             group = list(takewhile(same_owner, foreign[index:])) or [foreign[index]]
             index += len(group)
-            if any(node.id == me.id for node in replicas) or len(replicas) < self.config.replicas:
+            if any(host_of(node.address) == host_of(me.address) for node in replicas) or len(replicas) < self.config.replicas:
                 continue
             try:
                 await self._drop_if_proved(group, replicas)
             except ChordError as exc:  # keep the copies; the next pass retries
                 log.info("%r: cannot confirm replicas of %d keys: %s", self.node, len(group), exc)
+
+    def _foreign_keys(self) -> list[bytes]:
+        """Keys held here outside every arc of ours, clockwise from our first
+        position (none while an arc is unknown)."""
+        arcs = self._own_arcs()
+        if arcs is None:
+            return []
+        me = self.node.me.id
+        if len(arcs) == 1:
+            return self.store.keys_in(me, arcs[0][0])
+        own = {key for lo, hi in arcs for key in self.store.keys_in(lo, hi)}
+        return [key for key in self.store.keys_in(me, me) if key not in own]  # keys_in keeps ring order
 
     async def _drop_if_proved(self, keys: list[bytes], replicas: list[NodeRef]) -> None:
         for start in range(0, len(keys), messages.MAX_PROVE):
@@ -255,27 +283,41 @@ class BlockService:
     # -- leaving ---------------------------------------------------------------------------
 
     async def leave(self) -> None:
-        """Hand every key to the next r live successors, wait until each has proved
-        holding every key, then leave the ring."""
-        me = self.node.me
+        """Hand every key to the next r live machines after it among our positions'
+        successors, wait until each has proved holding every key, then leave the
+        ring at every position."""
+        for lo, position in self._leave_segments():
+            holders = await self._hand_off(position, lo)
+            unproved = await self._prove_hand_off(holders, lo, position.me.id)
+            if unproved:
+                log.warning("%r: leaving with %d blocks whose new holders did not prove them", position, unproved)
+        for position in self.positions:
+            await position.leave()
+
+    def _leave_segments(self) -> list[tuple[int, ChordNode]]:
+        """Each position with the arc (previous position of ours, it] whose keys its
+        successors take over: together the whole ring."""
+        ordered = sorted(self.positions, key=lambda position: position.me.id)
+        return [(ordered[index - 1].me.id, position) for index, position in enumerate(ordered)]
+
+    async def _hand_off(self, position: ChordNode, lo: int) -> list[NodeRef]:
+        """Push the keys of (lo, position] to the first r machines after `position`
+        that take them; those are the new holders."""
         holders: list[NodeRef] = []
-        for target in list(self.node.routing.successors):
+        for target in distinct_hosts(position.routing.successors, besides=position.me.address):
             if len(holders) == self.config.replicas:
                 break
             try:
-                await self.sync_arc(target, me.id, me.id, depth=0, pull=False)
+                await self.sync_arc(target, lo, position.me.id, depth=0, pull=False)
                 holders.append(target)
             except ChordError as exc:  # gone too: the next one down takes its place
-                log.warning("%r: hand-off to %s failed: %s", self.node, target.address, exc)
-        unproved = await self._prove_hand_off(holders)
-        if unproved:
-            log.warning("%r: leaving with %d blocks whose new holders did not prove them", self.node, unproved)
-        await self.node.leave()
+                log.warning("%r: hand-off to %s failed: %s", position, target.address, exc)
+        return holders
 
-    async def _prove_hand_off(self, holders: list[NodeRef]) -> int:
-        """Challenge the new holders for every key until all are proved or the
-        rounds run out; return how many keys stayed unproved."""
-        pending = self.store.keys()
+    async def _prove_hand_off(self, holders: list[NodeRef], lo: int, hi: int) -> int:
+        """Challenge the new holders for every key of (lo, hi] until all are proved
+        or the rounds run out; return how many keys stayed unproved."""
+        pending = self.store.keys_in(lo, hi)
         for _ in range(HAND_OFF_ROUNDS):
             if not pending or not holders:
                 break

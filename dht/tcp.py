@@ -4,7 +4,9 @@ Owns sockets and links, nothing else. Outgoing calls share one persistent
 connection per peer, multiplexed by request ID, with a reader task that routes
 replies to their callers; every call has a deadline. Incoming connections are
 served with each request handled in its own task (bounded per connection),
-replies written under a lock, and the caller's identity handed to the handler.
+replies written under a lock, and the caller's identity handed to the handler of
+the ring position the request names (a process's virtual nodes share its socket
+and links: `dht.vnodes`).
 
 With TLS credentials (`dht.tls`) every link is mutual TLS under the cluster CA: a
 connection that does not complete a handshake with a cluster certificate within
@@ -23,11 +25,11 @@ import inspect
 import logging
 import math
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Sequence
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
-from .addresses import advertised_address, split_address
+from .addresses import MAX_VNODES, advertised_address, host_of, split_address, vnode_index
 from .errors import (
     CallTimeout,
     CertificateError,
@@ -52,6 +54,7 @@ from .wire import (
     parse_reply,
     parse_request,
     request_id_of,
+    request_message,
 )
 
 log = logging.getLogger(__name__)
@@ -177,7 +180,7 @@ class TcpTransport:
         self.open_connections = 0
         self.refusals = RefusalLog()
         self._address = ""
-        self._handler: Handler | None = None
+        self._handlers: dict[int, Handler] = {}  # by virtual node index; 0 is the plain address
         self._connections: dict[str, _ClientConnection] = {}
         self._connect_locks: dict[str, trio.Lock] = {}
         self.listeners: list[trio.SocketListener] = []
@@ -190,8 +193,18 @@ class TcpTransport:
     def local_node_id(self) -> int | None:
         return self.tls.node_id if self.tls else None
 
-    def set_handler(self, handler: Handler) -> None:
-        self._handler = handler
+    def set_handler(self, handler: Handler, vnode: int = 0) -> None:
+        """Answer calls to this address, or to its virtual node `vnode` ("address/vnode")."""
+        if not 0 <= vnode < MAX_VNODES:
+            raise ValueError(f"a virtual node index is 0..{MAX_VNODES - 1}, not {vnode}")
+        self._handlers[vnode] = handler
+
+    def handle(self, caller: PeerIdentity, request: Request) -> Any:
+        """Pass an incoming call to the handler of the position it names."""
+        handler = self._handlers.get(request.vnode)
+        if handler is None:
+            raise RemoteError("Unavailable", f"no ring position {request.vnode} here" if request.vnode else "this endpoint serves no calls")
+        return handler(caller, request.method, request.args)
 
     # -- calling ----------------------------------------------------------------
 
@@ -201,11 +214,17 @@ class TcpTransport:
         raise CallTimeout(f"{method} to {address} timed out after {timeout:g}s")
 
     async def _call(self, address: str, method: str, args: list[Any], node_id: int | None) -> Any:
-        connection = await self._connection(address)
-        if node_id is not None and connection.peer.authenticated and connection.peer.node_id != node_id:
-            raise IdentityMismatch(f"{address} is {connection.peer}, whose certificate gives another ID than the one asked for")
+        try:
+            vnode = vnode_index(address)
+        except ValueError as exc:
+            raise PeerUnreachable(str(exc)) from None
+        connection = await self._connection(host_of(address))
+        peer = connection.peer
+        if node_id is not None and peer.authenticated and self.tls is not None and peer.node_id is not None:
+            if self.tls.space.vnode_id(peer.node_id, vnode) != node_id:
+                raise IdentityMismatch(f"{address} is {peer}, whose certificate gives another ID than the one asked for")
         request_id = connection.new_id()
-        frame = frame_parts([request_id, method, args], self.max_frame)
+        frame = frame_parts(request_message(request_id, method, args, vnode), self.max_frame)
         waiter = _PendingCall()
         connection.pending[request_id] = waiter
         connection.active += 1
@@ -343,7 +362,7 @@ class TcpTransport:
             if caller is None:
                 return
             async with trio.open_nursery() as handlers:
-                connection = _ServerConnection(channel, handlers, self._handler, self.max_frame, caller)
+                connection = _ServerConnection(channel, handlers, self.handle, self.max_frame, caller)
                 await connection.serve(self.frame_timeout, self.idle_timeout)
                 handlers.cancel_scope.cancel()  # the client is gone: nobody awaits these replies
         finally:
@@ -375,7 +394,7 @@ class _ServerConnection:
     MAX_HANDLERS_PER_CONNECTION at a time."""
 
     def __init__(
-        self, stream: SocketChannel, handlers: trio.Nursery, handler: Handler | None, max_frame: int, caller: PeerIdentity
+        self, stream: SocketChannel, handlers: trio.Nursery, handler: Callable[[PeerIdentity, Request], Any], max_frame: int, caller: PeerIdentity
     ) -> None:
         self.stream = stream
         self.handlers = handlers
@@ -422,9 +441,7 @@ class _ServerConnection:
             self.outbox.add(encode_error(request_id_of(payload), "ProtocolError", str(exc)))
             return
         try:
-            if self.handler is None:
-                raise RemoteError("Unavailable", "this endpoint serves no calls")
-            result = self.handler(self.caller, request.method, request.args)
+            result = self.handler(self.caller, request)
         except Exception as exc:  # reported to the caller, never fatal to the node
             self.outbox.add(self.error_frame(request, exc))
             return

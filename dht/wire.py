@@ -1,8 +1,10 @@
 """The TCP wire format: length-prefixed msgpack frames. Pure: no sockets.
 
 A frame is a 4-byte big-endian length followed by that many bytes of msgpack.
-Requests are ``[request_id, method, args]`` and replies ``[request_id, ok, result]``
-where ``result`` is ``[kind, message]`` when ok is false. Integers wider than 64 bits
+Requests are ``[request_id, method, args]``, or ``[request_id, method, args, vnode]``
+for a process's virtual node `vnode` (1 to 63; the plain form is position 0), and
+replies ``[request_id, ok, result]`` where ``result`` is ``[kind, message]`` when ok
+is false. Integers wider than 64 bits
 (ring identifiers) travel as msgpack extension type 1, big-endian two's complement,
 at most `MAX_BIGINT_BYTES` long: no frame can carry an integer too large to print.
 
@@ -18,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from .addresses import MAX_VNODES
 from .errors import FrameTooLarge, ProtocolError, describe
 
 MAX_BLOCK = 1 << 20
@@ -34,6 +37,7 @@ class Request:
     request_id: int
     method: str
     args: list[Any]
+    vnode: int = 0  # which of the serving process's ring positions is called
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +93,13 @@ def encode_frame(message: Any, max_frame: int = MAX_FRAME) -> bytes:
     return b"".join(frame_parts(message, max_frame))
 
 
-def encode_request(request_id: int, method: str, args: list[Any], max_frame: int = MAX_FRAME) -> bytes:
-    return encode_frame([request_id, method, args], max_frame)
+def request_message(request_id: int, method: str, args: list[Any], vnode: int = 0) -> list[Any]:
+    """A request as a list to encode: the short form for a process's first position."""
+    return [request_id, method, args, vnode] if vnode else [request_id, method, args]
+
+
+def encode_request(request_id: int, method: str, args: list[Any], max_frame: int = MAX_FRAME, vnode: int = 0) -> bytes:
+    return encode_frame(request_message(request_id, method, args, vnode), max_frame)
 
 
 def encode_reply(request_id: int | None, ok: bool, result: Any, max_frame: int = MAX_FRAME) -> bytes:
@@ -201,16 +210,19 @@ def _is_id(value: Any) -> bool:
 def parse_request(payload: bytes | bytearray) -> Request:
     """Decode and validate a request frame's payload."""
     message = unpack(payload)
-    if not isinstance(message, list) or len(message) != 3:
-        raise ProtocolError(f"a request must be [request_id, method, args], got {describe(message)}")
-    request_id, method, args = message
+    if not isinstance(message, list) or len(message) not in (3, 4):
+        raise ProtocolError(f"a request must be [request_id, method, args] or [request_id, method, args, vnode], got {describe(message)}")
+    request_id, method, args = message[:3]
+    vnode = message[3] if len(message) == 4 else 0
+    if isinstance(vnode, bool) or not isinstance(vnode, int) or not 0 <= vnode < MAX_VNODES:
+        raise ProtocolError(f"vnode must be an integer in 0..{MAX_VNODES - 1}, got {describe(vnode)}")
     if not _is_id(request_id):
         raise ProtocolError(f"request_id must be an unsigned 64-bit integer, got {describe(request_id)}")
     if not isinstance(method, str):
         raise ProtocolError(f"method must be a string, got {describe(method)}")
     if not isinstance(args, list):
         raise ProtocolError(f"args must be a list, got {describe(args)}")
-    return Request(request_id, method, args)
+    return Request(request_id, method, args, vnode)
 
 
 def parse_reply(payload: bytes | bytearray) -> Reply:

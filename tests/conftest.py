@@ -47,12 +47,12 @@ def make_cluster(nursery: trio.Nursery) -> ClusterFactory:
     takes as an argument, so tests using this must also take `autojump_clock`."""
 
     def build(
-        config: NodeConfig = FAST, seed: int = 1, storage: StorageConfig | None = None, **network_options: object
+        config: NodeConfig = FAST, seed: int = 1, storage: StorageConfig | None = None, vnodes: int = 1, **network_options: object
     ) -> SimCluster:
         if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
             raise RuntimeError("simulated-network tests must take the autojump_clock fixture as an argument")
         network = SimNetwork(rng=random.Random(seed + 1), **network_options)  # type: ignore[arg-type]
-        return SimCluster(nursery, network, config, random.Random(seed), storage)
+        return SimCluster(nursery, network, config, random.Random(seed), storage, vnodes)
 
     return build
 

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import trio
 
+from dht.addresses import MAX_VNODES
 from dht.client import BadRange, BlockNotFound, PutFailed
 from dht.errors import ChordError, LookupFailed, TransportError
 from dht.identity import Role
@@ -86,7 +87,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         listen=args.listen, join=args.join, advertise=args.advertise,
         node_id=IdSpace(args.bits).parse_id(args.id) if args.id else None, config=config,
         storage=StorageConfig(replicas=args.replicas, repair_interval=args.repair_interval, scrub_rate=args.scrub_rate),
-        data_dir=args.data, capacity=args.capacity, tls=tls, fsync=args.fsync, open_files=args.open_files,
+        data_dir=args.data, capacity=args.capacity, tls=tls, fsync=args.fsync, open_files=args.open_files, vnodes=args.vnodes,
     )
     prepare_server_process()
     report = lambda line: print(line, flush=True)  # noqa: E731
@@ -274,6 +275,7 @@ def sim_options(args: argparse.Namespace) -> sim.SimOptions:
             lookup_mode=args.lookup_mode,
             proximity_fingers=not args.no_proximity_fingers,
             warmup=args.warmup or 0.0,
+            vnodes=args.vnodes,
             stabilize_interval=args.stabilize_interval,
             min_stabilize_interval=args.min_stabilize_interval or 0.0,
             successors=args.successors,
@@ -326,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--lookup-mode", default="iterative", choices=LOOKUP_MODES,
                       help="lookups this node makes: iterative, or recursive (hops pass the query on; iterative if that fails)")
     node.add_argument("--successors", type=int, default=8, metavar="R", help="successor list length")
+    node.add_argument("--vnodes", type=integer(1, MAX_VNODES), default=1, metavar="V",
+                      help="ring positions this node holds (virtual nodes: keys spread more evenly; each position stabilizes, fingers are fixed in turn)")
     node.add_argument("--rpc-timeout", type=positive(), default=1.0, metavar="S")
     node.add_argument("--data", metavar="DIR", help="keep blocks in this directory (default: in memory)")
     node.add_argument("--replicas", type=int, default=3, metavar="R", help="copies of each block")
@@ -399,6 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="each finger the first node of its interval, not the nearest of its first 8")
     simulate.add_argument("--warmup", type=duration, metavar="S",
                           help="static: run maintenance S virtual seconds before the lookups (fingers choose near nodes)")
+    simulate.add_argument("--vnodes", type=integer(1, MAX_VNODES), default=1, metavar="V",
+                          help="ring positions per node (virtual nodes, sharing one finger table); static with --blocks reports keys per node")
     simulate.add_argument("--stabilize-interval", type=positive(), default=30.0, metavar="S",
                           help="maintenance interval while nothing changes (also fingers and predecessor checks)")
     simulate.add_argument("--min-stabilize-interval", type=positive(), metavar="S",

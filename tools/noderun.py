@@ -29,6 +29,7 @@ from dht.storage import BlockService, StorageConfig
 from dht.tcp import open_tcp_transport
 from dht.tls import TlsCredentials
 from dht.transport import Transport
+from dht.vnodes import join_all, positions_on
 
 from .ringwalk import RingView, ring_problems, walk
 from .security import keep_fresh
@@ -79,6 +80,7 @@ class NodeSetup:
     fsync: str = "always"
     open_files: int = DEFAULT_OPEN_FILES
     compact_interval: float = COMPACT_INTERVAL
+    vnodes: int = 1  # ring positions this process holds (`dht.vnodes`)
 
 
 def open_store(setup: NodeSetup) -> BlockStore:
@@ -108,18 +110,21 @@ async def run_node(setup: NodeSetup, report: Report) -> None:
     host, port = split_address(setup.listen)
     store = open_store(setup)  # first, so that a problem with its files is not taken for one with the socket
     async with open_tcp_transport(host, port, advertise=setup.advertise, tls=setup.tls) as transport:
-        node = ChordNode(transport, setup.config, setup.node_id)
-        service = BlockService(node, store, setup.storage)
-        await node.join(setup.join)
+        positions = positions_on(transport, setup.config, setup.vnodes, setup.node_id)
+        node = positions[0]
+        service = BlockService(positions, store, setup.storage)
+        await join_all(positions, setup.join)
         async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
+            for position in positions:
+                await nursery.start(position.run)
             await nursery.start(service.run)
             nursery.start_soon(keep_fresh, setup.tls)
             nursery.start_soon(compact_now_and_then, store, setup.compact_interval)
             gc.freeze()
             held = f", {len(store)} blocks in {setup.data_dir}" if setup.data_dir else ""
             secured = "" if setup.tls else " (plaintext: --insecure)"
-            report(f"node {node.space.short(node.me.id)} listening on {node.me.address}{held}{secured}")
+            virtual = f", {len(positions)} ring positions" if len(positions) > 1 else ""
+            report(f"node {node.space.short(node.me.id)} listening on {node.me.address}{virtual}{held}{secured}")
             signum = await wait_for_signal()
             log.info("%s received: handing off blocks and leaving the ring", signal.Signals(signum).name)
             with trio.move_on_after(LEAVE_BUDGET):

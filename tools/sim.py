@@ -18,7 +18,9 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
+from dht.addresses import MAX_VNODES, host_of
 from dht.latency import MODELS, make_model, round_trip_percentiles
+from dht.loadbalance import keys_per_machine, load_figures
 from dht.node import LOOKUP_MODES, NodeConfig
 from dht.simcluster import SimCluster
 from dht.simnet import SimNetwork
@@ -47,6 +49,7 @@ class SimOptions:
     lookup_mode: str = "iterative"
     proximity_fingers: bool = True
     warmup: float = 0.0  # static: virtual seconds of maintenance between the build and the lookups
+    vnodes: int = 1  # ring positions per node (dht.vnodes)
     parallel: int = 100
     stabilize_interval: float = 30.0
     min_stabilize_interval: float = 0.0  # adapt to churn down to this (dht.pace); 0: fixed intervals
@@ -98,6 +101,8 @@ class SimOptions:
             raise ValueError("warm-up must be a finite number of seconds")
         if self.blocks < 0 or self.replicas < 1:
             raise ValueError("blocks must not be negative and replicas must be at least 1")
+        if not 1 <= self.vnodes <= MAX_VNODES:
+            raise ValueError(f"vnodes must be in 1..{MAX_VNODES}")
 
     def storage(self) -> StorageConfig | None:
         """Static rings store nothing; the other scenarios store --blocks blocks."""
@@ -142,10 +147,24 @@ async def static_scenario(cluster: SimCluster, options: SimOptions, progress: Pr
     return {
         **built,
         **tally.summary(),
+        **static_load(cluster, options),
         "hops": tally.hops,
         "half_log2_n": 0.5 * math.log2(options.nodes),
         "lookup_messages": cluster.network.stats.messages - messages_before,
     }
+
+
+def static_load(cluster: SimCluster, options: SimOptions) -> dict[str, float]:
+    """Keys per node for `options.blocks` random block keys, each owned by the
+    position that follows it (the Chord paper's load-balance measure, counted per
+    node with its virtual nodes together): empty without --blocks."""
+    if not options.blocks:
+        return {}
+    rng = random.Random(options.seed + 5)
+    space = cluster.positions[next(iter(cluster.positions))].space
+    keys = (space.position(rng.randbytes(32)) for _ in range(options.blocks))
+    positions = sorted((node.me.id, host_of(node.me.address)) for node in cluster.positions.values())
+    return load_figures(keys_per_machine(positions, keys).values())
 
 
 Scenario = Callable[[SimCluster, SimOptions, Progress | None], Awaitable[dict[str, Any]]]
@@ -184,7 +203,7 @@ def run_detailed(
         async with trio.open_nursery() as nursery:
             model = make_model(options.latency_model, options.latency, options.seed)
             network = SimNetwork(latency=model, jitter=LATENCY_JITTER, rng=random.Random(options.seed + 1))
-            cluster = SimCluster(nursery, network, options.node_config(), random.Random(options.seed), options.storage())
+            cluster = SimCluster(nursery, network, options.node_config(), random.Random(options.seed), options.storage(), options.vnodes)
             summary.update(await SCENARIOS[options.scenario](cluster, options, progress))
             summary["virtual_seconds"] = trio.current_time()
             summary["messages"] = network.stats.messages

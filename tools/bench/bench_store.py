@@ -62,11 +62,12 @@ from typing import IO, Any, Callable, Iterator, Sequence
 
 import trio
 
-from dht.addresses import split_address
+from dht.addresses import MAX_VNODES, split_address
 from dht.client import DhtClient
 from dht.errors import ChordError
 from dht.identity import Role
 from dht.merkle import DEFAULT_CHUNK
+from dht.routing import NodeRef, distinct_hosts, merge_successor_list
 from dht.tcp import TcpTransport, open_tcp_transport
 from tools.argtypes import integer, positive
 from tools.bench.bench_rpc import PeerError, await_ready, progress, tail
@@ -81,6 +82,7 @@ NODE_READY = re.compile(r"node \S+ listening on ([^\s,]+)")
 SINK_READY = re.compile(r"sink listening on (\S+)")
 STARTUP_TIMEOUT = 30.0  # seconds for one process to print its ready line
 RING_TIMEOUT = 90.0  # seconds for the ring to check clean
+SUCCESSORS = 8  # successor list length of `chordcdn node` (its default)
 RING_CALL_TIMEOUT = 20.0  # seconds for one `chordcdn ring` run
 STOP_TIMEOUT = 75.0  # seconds after SIGTERM, for all nodes together, before kill: a node's leave may take 60
 LINK_WRITE = MIB
@@ -105,6 +107,7 @@ class Options:
     link_seconds: float
     transfer_timeout: float
     fresh: bool
+    vnodes: int = 1
 
 
 # -- node processes ----------------------------------------------------------------------
@@ -128,7 +131,7 @@ def chordcdn_command() -> list[str]:
 
 def node_argv(data_dir: Path, options: Options, join: str | None, security: list[str]) -> list[str]:
     argv = [*chordcdn_command(), "node", "--listen", "127.0.0.1:0", "--data", str(data_dir), "--replicas", str(options.replicas)]
-    argv += ["--stabilize-interval", f"{options.stabilize_interval:g}", *security]
+    argv += ["--stabilize-interval", f"{options.stabilize_interval:g}", "--vnodes", str(options.vnodes), *security]
     return argv + (["--join", join] if join else [])
 
 
@@ -209,14 +212,19 @@ def ring_argv(via: str) -> list[str]:
 
 
 def ring_is_ready(view: dict[str, Any], count: int, replicas: int) -> bool:
-    """All `count` nodes found, and each one's first r−1 successors the next ones by ID."""
+    """All `count` ring positions found, and each one's successor list right as
+    far as its replica holders (the next r − 1 other processes)."""
     nodes = sorted(view["nodes"], key=lambda node: int(node["id"], 16))
     if len(nodes) != count:
         return False
-    wanted = min(replicas - 1, count - 1)
+    refs = [NodeRef(int(node["id"], 16), node["address"]) for node in nodes]
     for index, node in enumerate(nodes):
-        expected = [nodes[(index + step) % count]["id"] for step in range(1, wanted + 1)]
-        if [successor["id"] for successor in node["successors"][:wanted]] != expected:
+        me, following = refs[index], refs[index + 1 :] + refs[:index]
+        expected = merge_successor_list(me, following[0], following[1:], SUCCESSORS) if following else []
+        holders = distinct_hosts(expected, replicas - 1, besides=me.address)
+        upto = expected.index(holders[-1]) + 1 if holders else 0
+        actual = [NodeRef(int(successor["id"], 16), successor["address"]) for successor in node["successors"]]
+        if actual[:upto] != expected[:upto]:
             return False
     return True
 
@@ -232,7 +240,7 @@ def wait_for_ring(ring: Ring, options: Options) -> float:
         except subprocess.TimeoutExpired:
             last = f"`chordcdn ring` took over {RING_CALL_TIMEOUT:g} s"
             continue
-        if done.returncode == 0 and ring_is_ready(json.loads(done.stdout), options.nodes, options.replicas):
+        if done.returncode == 0 and ring_is_ready(json.loads(done.stdout), options.nodes * options.vnodes, options.replicas):
             return time.monotonic() - started
         last = (done.stderr.decode(errors="replace").strip() or f"exit code {done.returncode}")[-500:]
         time.sleep(0.5)
@@ -488,6 +496,7 @@ def spread(nodes: list[Node], stored: int, replicas: int) -> dict[str, Any]:
         "copies_by_total": total / stored,
         "copies_by_value_files": values / stored,
         "leaves_put": -(-stored // DEFAULT_CHUNK),
+        "fullest_over_mean": max(usage["value_bytes"] for usage in per_node.values()) * len(per_node) / (values or 1),
     }
 
 
@@ -673,6 +682,7 @@ def render_spread(data: dict[str, Any], replicas: int) -> list[str]:
         f"  {'total':>21}  {data['total_bytes'] / MIB:8.1f} MiB  {data['total_value_files']:8} {data['total_value_bytes'] / MIB:11.1f} MiB",
         f"  copies of the data: {data['copies_by_value_files']:.3f} counting segment bytes "
         f"(41-byte record headers and inner blocks included); {data['leaves_put']} leaves were put",
+        f"  the fullest node holds {data['fullest_over_mean']:.2f} x the mean",
     ]
     return lines
 
@@ -691,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--link-seconds", type=positive(3600), default=2.0, metavar="S", help="per link measurement")
     parser.add_argument("--transfer-timeout", type=positive(3600), default=600.0, metavar="S", help="abort a put or get after this")
     parser.add_argument("--same-file", action="store_true", help="re-put one file each round (blocks already stored)")
+    parser.add_argument("--vnodes", type=integer(1, MAX_VNODES), default=1, metavar="V", help="ring positions per node process")
     parser.add_argument("--json", action="store_true", help="print every figure as one JSON object")
     parser.add_argument("--serve-sink", type=float, metavar="LIFETIME", help=argparse.SUPPRESS)
     return parser
@@ -707,6 +718,7 @@ def options_from(args: argparse.Namespace) -> Options:
         link_seconds=args.link_seconds,
         transfer_timeout=args.transfer_timeout,
         fresh=not args.same_file,
+        vnodes=args.vnodes,
     )
 
 
