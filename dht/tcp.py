@@ -31,6 +31,7 @@ import trio
 
 from .addresses import MAX_VNODES, advertised_address, host_of, split_address, vnode_index
 from .errors import (
+    BadRequest,
     CallTimeout,
     CertificateError,
     ChordError,
@@ -202,8 +203,10 @@ class TcpTransport:
     def handle(self, caller: PeerIdentity, request: Request) -> Any:
         """Pass an incoming call to the handler of the position it names."""
         handler = self._handlers.get(request.vnode)
+        if handler is None and request.vnode:
+            raise BadRequest(f"no ring position {request.vnode} here")
         if handler is None:
-            raise RemoteError("Unavailable", f"no ring position {request.vnode} here" if request.vnode else "this endpoint serves no calls")
+            raise RemoteError("Unavailable", "this endpoint serves no calls")
         return handler(caller, request.method, request.args)
 
     # -- calling ----------------------------------------------------------------

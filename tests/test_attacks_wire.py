@@ -315,7 +315,9 @@ def bad_frames(random_bytes: bytes) -> list[BadFrame]:
         BadFrame("a block one byte too big", request(21, "put_block", [bytes(32), bytes(MAX_BLOCK + 1)]), (("BadRequest", 21),)),
         # wrong lengths: of the message, of the arguments, inside the msgpack
         BadFrame("two elements", frame_of(packed([22, "ping"])), (("ProtocolError", 22),)),
-        BadFrame("four elements", frame_of(packed([23, "ping", [], 0])), (("ProtocolError", 23),)),
+        BadFrame("five elements", frame_of(packed([23, "ping", [], 0, 0])), (("ProtocolError", 23),)),
+        BadFrame("a ring position not held here", frame_of(packed([31, "ping", [], 9])), (("BadRequest", 31),)),
+        BadFrame("a ring position out of range", frame_of(packed([32, "ping", [], 64])), (("ProtocolError", 32),)),
         BadFrame("step with three arguments", request(24, "step", [1, [], 3]), (("BadRequest", 24),)),
         BadFrame("array header of 3 holding 2", frame_of(b"\x93" + packed(25) + packed("ping")), (("ProtocolError", None),)),
         BadFrame("string header past the frame", frame_of(b"\x93\x1a\xd9\xffping\x90"), (("ProtocolError", None),)),
