@@ -2,7 +2,7 @@
 
 Owns the reader's and writer's side of block storage. A put streams the file
 through a DagBuilder and stores each block on every node of its replica set (the
-owner and the next r−1 nodes, found by a lookup of the client's own, or by one
+owner and the next r−1 nodes of other processes, found by a lookup of the client's own, or by one
 of its lookups of the last WRITE_LOOKUP_AGE seconds whose answer covers the key),
 a bounded number of blocks at once; a block counts as stored only when enough of those
 nodes, each reached by its own authenticated link, acknowledge that they stored

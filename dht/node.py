@@ -5,7 +5,8 @@ Owns one node's identity, routing state and answers. Routing decisions come from
 `dht.routing`; periodic repair (stabilize, fix_fingers, check_predecessor) and its
 pace from `dht.maintenance`; how long to wait for a peer from `dht.peercalls`; the
 network is whatever `Transport` it is given; time is read only through trio. The
-same code therefore runs over TCP and on the simulated network.
+same code therefore runs over TCP and on the simulated network. A ChordNode is one
+ring position: a process with virtual nodes runs several (`dht.vnodes`).
 """
 
 from __future__ import annotations

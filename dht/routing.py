@@ -2,8 +2,9 @@
 
 Owns what one node knows about the ring and the decisions made from it alone:
 which node owns a key if it can tell, the closest preceding candidates otherwise,
-how a successor list is merged from a successor's, and which fingers a single
-lookup result fills. Pure: no I/O, no time.
+how a successor list is merged from a successor's (one position per process),
+which processes hold a key's copies, and which fingers a single lookup result
+fills. Pure: no I/O, no time.
 """
 
 from __future__ import annotations

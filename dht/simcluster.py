@@ -1,8 +1,10 @@
 """A cluster of real Chord nodes on a `SimNetwork`, with the oracle that judges them.
 
-Owns starting, crashing, restarting and retiring simulated nodes, and the truth
-they are measured against: the sorted ring of live node IDs, the true owner of a
-key, and which successor and predecessor pointers disagree with it. Tests and the
+Owns starting, crashing, restarting and retiring simulated nodes (each with its
+virtual nodes, when it has them: `nodes` holds each process's first position,
+`positions` all of them), and the truth they are measured against: the sorted ring
+of live positions, the true owner of a key, and which successor and predecessor
+pointers disagree with it. Tests and the
 churn simulator both build on this. Waiting is done on conditions with deadlines,
 in virtual time, never by sleeping a fixed span.
 """
@@ -336,10 +338,10 @@ class SimCluster:
     def is_converged(self) -> bool:
         return not self.ring_errors()
 
-    def ideal_successors(self, node: ChordNode) -> list[NodeRef]:
+    def ideal_successors(self, node: ChordNode, by_id: dict[int, ChordNode] | None = None) -> list[NodeRef]:
         """The successor list a live node holds on a stabilized ring: the live
         positions that follow it, one per process (`routing.merge_successor_list`)."""
-        ids, by_id = self._ids, self._by_id()
+        ids, by_id = self._ids, by_id or self._by_id()
         index = bisect.bisect_left(ids, node.me.id)
         count, size = len(ids), node.routing.successor_list_size
         window = 2 * size  # widened only where a few processes hold most positions
@@ -353,11 +355,13 @@ class SimCluster:
     def successor_lists_right(self) -> bool:
         """Every live node's successor list is exactly the live nodes that follow
         it, as many as the list holds (Zave's invariant, with the ring's order)."""
-        return all(node.routing.successors == self.ideal_successors(node) for node in self.positions.values())
+        by_id = self._by_id()
+        return all(node.routing.successors == self.ideal_successors(node, by_id) for node in self.positions.values())
 
     def successor_lists_full(self) -> bool:
         """Every live node's successor list is as long as the ring allows."""
-        return all(len(node.routing.successors) >= len(self.ideal_successors(node)) for node in self.positions.values())
+        by_id = self._by_id()
+        return all(len(node.routing.successors) >= len(self.ideal_successors(node, by_id)) for node in self.positions.values())
 
     def fingers_converged(self) -> bool:
         """Every finger of every live node points at the true successor of its
@@ -411,7 +415,7 @@ class SimCluster:
             if count == 1:
                 routing.successors, routing.predecessor = [], None
                 continue
-            ideal = self.ideal_successors(node)
+            ideal = self.ideal_successors(node, by_id)
             routing.set_successors(ideal[0], ideal[1:])
             routing.set_predecessor(by_id[ids[index - 1]].me)
             finger = 0

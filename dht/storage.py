@@ -1,7 +1,9 @@
 """Block storage on the ring: a node's block RPCs, repair, proofs of possession and hand-off.
 
-Owns where copies live. A block lives on successor(key) and the next r−1 nodes. A
-client stores it on each of them itself (`DhtClient`), so every acknowledgement
+Owns where copies live. A block lives on successor(key) and the next r−1 nodes of
+other processes (a process with virtual nodes holds one copy at most, and serves
+all its positions from one store). A client stores it on each of them itself
+(`DhtClient`), so every acknowledgement
 comes from a holder the client reached and authenticated. A periodic repair pass
 has each node compare its own arc (predecessor, self] with its r−1 successors by
 digests of sub-arcs, descending only into sub-arcs that differ, then pushing what

@@ -166,3 +166,12 @@ async def test_graceful_leave_hands_every_arc_to_its_successors(make_cluster: Cl
     await cluster.repair_all()
     assert all(len(holders(cluster, key)) == R for key in keys)
     assert all(host_of(a) == a for key in keys for a in holders(cluster, key))
+
+
+async def test_one_finger_timer_fills_every_positions_own_fingers(make_cluster: ClusterFactory, autojump_clock: MockClock) -> None:
+    cluster = await vnode_ring(make_cluster, hosts=6, vnodes=4)
+    await cluster.wait_until(cluster.fingers_converged, 600)
+    assert all(node.routing.finger_count() > 0 for node in cluster.positions.values())
+    before = cluster.network.stats.by_method.get("step", 0)
+    await cluster.run_lookups(100)
+    assert cluster.network.stats.by_method.get("step", 0) - before < 100 * 6  # short routes: fingers of its own per position
