@@ -1,5 +1,5 @@
-"""The Chord node: join, iterative lookups, graceful leave, and the RPC surface
-peers call.
+"""The Chord node: join (carried out by `dht.joining`), iterative lookups, graceful
+leave, and the RPC surface peers call.
 
 Owns one node's identity, routing state and answers. Routing decisions come from
 `dht.routing`; periodic repair (stabilize, fix_fingers, check_predecessor) and its
@@ -23,7 +23,8 @@ from . import messages
 from .errors import BadReply, BadRequest, ChordError, LookupFailed, RemoteError, RoutingLoop, TransportError
 from .identity import PeerIdentity
 from .ids import DEFAULT_BITS, IdSpace, in_open
-from .lookup import hop_limit, iterate
+from .joining import join_ring
+from .lookup import DEFAULT_SIZE_GUESS, hop_limit, iterate
 from .messages import LookupResult, NodeInfo
 from .maintenance import Maintenance
 from .peercalls import PeerCalls
@@ -34,7 +35,6 @@ from .transport import Transport
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-JOIN_ATTEMPTS = 3
 LISTS_REMEMBERED = 16  # successor lists kept to name by digest in the next notify (a successor, walk-back steps)
 LOOKUP_MODES = ("iterative", "recursive")
 RECURSIVE_SHARE = 0.5  # of a lookup's time, spent on a recursive try before an iterative one
@@ -178,79 +178,9 @@ class ChordNode:
     # -- joining and leaving -----------------------------------------------------
 
     async def join(self, bootstrap: str | None) -> None:
-        """Join the ring through any node at `bootstrap`, or start a new ring when None."""
-        if bootstrap is None or bootstrap == self.me.address:
-            log.info("%r starts a new ring", self)
-            return
-        with messages.purpose("maintenance"):
-            await self._join_via(bootstrap)
-
-    async def _join_via(self, bootstrap: str) -> None:
-        result = await self._find_place_via(bootstrap)
-        successor = result.owner
-        if successor.id == self.me.id:
-            raise ChordError(f"node ID {self.space.short(self.me.id)} is already in the ring at {successor.address}")
-        try:
-            previous, its_successors = await self.notify_peer(successor)
-        except TransportError:  # stabilize will fill in the successor list
-            previous, its_successors = None, []
-        adopted = self.routing.successors[0] if self.routing.successors else None
-        if adopted is None or not in_open(adopted.id, self.me.id, successor.id):
-            self.routing.set_successors(successor, its_successors)
-        # else a node that joined just before us, between us and the successor,
-        # told us to follow it while we waited: keep it, or the ring skips it
-        await self.maintenance.walk_back(previous)
-        await self._announce_to(previous)
-        await self._until_adopted()
-        for node in (*result.path, *its_successors):
-            self.routing.learn(node)
-        log.info("%r joined via %s; successor %s", self, bootstrap, successor.address)
-
-    async def _until_adopted(self) -> None:
-        """Return once our successor names us as its predecessor, since until then
-        lookups of our keys end at it. A notify from behind a dead predecessor is
-        answered only after the successor has checked that one, which can take
-        longer than we wait for the reply; so look, and notify again, a few
-        times. A successor that does not answer is left to stabilize."""
-        for _ in range(JOIN_ATTEMPTS):
-            successor = self.routing.successor
-            if successor.id == self.me.id:
-                return
-            try:
-                predecessor, _ = await self.arc_of(successor)
-                if predecessor is not None and predecessor.id == self.me.id:
-                    return
-                if predecessor is not None and in_open(predecessor.id, self.me.id, successor.id):
-                    await self.maintenance.walk_back(predecessor)  # a closer node joined: follow it instead
-                    continue
-                await self.notify_peer(successor)
-            except (TransportError, RemoteError):
-                return
-
-    async def _find_place_via(self, bootstrap: str) -> LookupResult:
-        """Look up our own ID starting at the bootstrap node, retrying lost messages."""
-        failure: ChordError = LookupFailed(f"cannot join via {bootstrap}")
-        for attempt in range(JOIN_ATTEMPTS):
-            if attempt:  # give the ring a stabilize round to drop stale pointers
-                await trio.sleep(self.config.stabilize_interval)
-            try:
-                entry = await self.peers.ping_address(bootstrap)
-                return await self.search(self.me.id, entry, self.config.lookup_timeout, confirm=True)
-            except (TransportError, LookupFailed) as exc:
-                failure = exc
-        raise failure
-
-    async def _announce_to(self, predecessor: NodeRef | None) -> None:
-        """Tell the node before us that we now follow it, so it need not wait for its
-        next stabilize; it checks the claim against its own view first."""
-        if predecessor is None or not in_open(self.me.id, predecessor.id, self.routing.successor.id):
-            return
-        try:
-            adopted = await self.ask(predecessor, "consider_successor", messages.adopted_reply, self.me.to_wire())
-        except (TransportError, RemoteError):
-            return
-        if adopted is True and self.routing.predecessor is None:
-            self.routing.set_predecessor(predecessor)
+        """Join the ring through any node at `bootstrap`, or start a new ring when None
+        (`dht.joining`)."""
+        await join_ring(self, bootstrap)
 
     async def leave(self) -> None:
         """Leave gracefully: hand predecessor and successor to each other, then stop."""
@@ -328,8 +258,13 @@ class ChordNode:
         converging within 600 s)."""
         return await iterate(
             self.space, key, origin, self._step, timeout, exclude=exclude, local_address=self.me.address, on_dead=self._on_dead_hop,
-            arc=self.arc_of if confirm else None, max_steps=hop_limit(self.routing.estimated_size()),
+            arc=self.arc_of if confirm else None, max_steps=hop_limit(self._size_guess()),
         )
+
+    def _size_guess(self) -> int:
+        """The ring size a lookup's hop limit assumes: our estimate, or, while we know
+        no successor (joining), a generous guess rather than a ring of one."""
+        return self.routing.estimated_size() if self.routing.successors else DEFAULT_SIZE_GUESS
 
     def _on_dead_hop(self, hop: NodeRef, error: ChordError) -> None:
         if self.drop_unreachable(hop):

@@ -153,9 +153,10 @@ class RoutingTable:
         covers the circle (Mercury's and Viceroy's estimate): r successors over a
         distance d suggest r · 2^bits / d nodes. At least the nodes known."""
         if not self.successors:
-            return 1
+            return self.lender.estimated_size() if self.lender is not None else 1
         span = self.space.distance(self.me.id, self.successors[-1].id) or self.space.size
-        return max(len(self.successors) * self.space.size // span, len(self.successors) + 1)
+        # At least the nodes known: a list of one position per process can span many positions.
+        return max(len(self.successors) * self.space.size // span, len(self._routing_candidates()) + 1)
 
     def arc_start(self) -> NodeRef | None:
         """The nearest node before this one that it knows of: its predecessor, or,

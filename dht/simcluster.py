@@ -26,7 +26,7 @@ from .node import ChordNode, NodeConfig
 from .storage import BlockService, StorageConfig
 from .routing import NodeRef, merge_successor_list
 from .simnet import SimEndpoint, SimNetwork
-from .vnodes import open_positions
+from .vnodes import join_all, open_positions
 from .addresses import MAX_VNODES, vnode_address
 
 
@@ -155,8 +155,7 @@ class SimCluster:
         positions = self._hosts[node.me.address]
         self._joining.update(position.me.id for position in positions)
         try:
-            for position in positions:
-                await position.join(bootstrap or (node.me.address if position is not node else None))
+            await join_all(positions, bootstrap)
         except BaseException:
             for position in positions:
                 self.network.crash(position.me.address)  # never half-attached

@@ -23,9 +23,14 @@ from __future__ import annotations
 import random
 from typing import Any, Callable, Protocol
 
+import trio
+
 from .addresses import MAX_VNODES, vnode_address
+from .errors import LookupFailed
 from .node import ChordNode, NodeConfig
 from .transport import Handler, Transport
+
+JOIN_ROUNDS = 5  # tries of one position's join, a stabilize interval apart
 
 
 class VirtualHost(Protocol):
@@ -89,15 +94,44 @@ def positions_on(host: VirtualHost, config: NodeConfig, count: int, node_id: int
 
 
 async def join_all(positions: list[ChordNode], bootstrap: str | None) -> None:
-    """Join every position: the first through `bootstrap` (or founding a ring), then
-    each other through the joined position of ours closest before it, whose
-    successors already lie around its place (a walk from `bootstrap` through a
-    ring still filling its fingers can run past a lookup's hop limit)."""
+    """Join every position. A process that founds the ring (no `bootstrap`) links
+    its own positions into a ring directly: there is nobody else to ask. Otherwise
+    the first joins through `bootstrap`, then the others in ring order, each
+    through the position of ours just before it, whose successors already lie
+    around its place (a walk from afar through a ring still filling its fingers
+    can run past a lookup's hop limit)."""
     first = positions[0]
     await first.join(bootstrap)
-    joined = [first]
-    for position in positions[1:]:
-        space, ident = position.space, position.me.id
-        nearest = min(joined, key=lambda sibling: space.distance(sibling.me.id, ident))
-        await position.join(nearest.me.address)
-        joined.append(position)
+    if bootstrap is None or bootstrap == first.me.address:
+        link_alone(positions)
+        return
+    space = first.space
+    previous = first
+    for position in sorted(positions[1:], key=lambda node: space.distance(first.me.id, node.me.id)):
+        await _join_patiently(position, previous.me.address)
+        previous = position
+
+
+async def _join_patiently(position: ChordNode, via: str) -> None:
+    """A position's join, tried again a few stabilize rounds later if its lookup
+    gives up: a burst of joins (a process adding dozens of positions while others
+    do too) leaves pointers stale for a while."""
+    for attempt in range(JOIN_ROUNDS):
+        try:
+            await position.join(via)
+            return
+        except LookupFailed:
+            if attempt == JOIN_ROUNDS - 1:
+                raise
+            await trio.sleep(position.config.stabilize_interval)
+
+
+def link_alone(positions: list[ChordNode]) -> None:
+    """Make a lone process's positions a ring: each one's successor the next by
+    ID and its predecessor the one before (one process: no longer lists)."""
+    ordered = sorted(positions, key=lambda node: node.me.id)
+    if len(ordered) < 2:
+        return
+    for index, position in enumerate(ordered):
+        position.routing.set_successors(ordered[(index + 1) % len(ordered)].me, [])
+        position.routing.set_predecessor(ordered[index - 1].me)
