@@ -109,7 +109,8 @@ class ChordNode:
             lender.maintenance.borrowers.append(self)
         self._predecessor_check: trio.Event | None = None  # set when a notify from behind has checked it
         self.predecessor_heard = -math.inf  # when our predecessor last notified us (trio time)
-        self._lists_heard: dict[int, list[NodeRef]] = {}  # successor lists notify got back, by the answering node
+        self._lists_heard: dict[int, tuple[list[NodeRef], bytes]] = {}  # successor lists notify got back, and their digests
+        self._own_digest: tuple[list[NodeRef], bytes] | None = None  # our successor list's digest, while the list stands
         self.peers = PeerCalls(transport, self.space, config.rpc_timeout, config.min_rpc_timeout, config.rpc_attempts)
         self.departed = DepartedPeers()
         self.rng = rng or random.Random(ident)
@@ -163,16 +164,16 @@ class ChordNode:
         """Tell node we may be its predecessor; get back the predecessor it had before
         (the paper's successor.predecessor) and its successor list."""
         cached = self._lists_heard.get(node.id)
-        args = [self.me.to_wire()] + ([messages.list_digest(cached)] if cached is not None else [])
+        args = [self.me.to_wire()] + ([cached[1]] if cached is not None else [])
         decode = lambda reply: messages.notify_reply(reply, self.space)  # noqa: E731
         predecessor, its_successors = await self.ask(node, "notify", decode, *args)
         if its_successors is None:  # unchanged since the list we named
             if cached is None:
                 raise BadReply("notify: an unchanged successor list was claimed, but none was named")
-            return predecessor, cached
+            return predecessor, cached[0]
         if len(self._lists_heard) >= LISTS_REMEMBERED:
             self._lists_heard.clear()
-        self._lists_heard[node.id] = its_successors
+        self._lists_heard[node.id] = (its_successors, messages.list_digest(its_successors))
         return predecessor, its_successors
 
     # -- joining and leaving -----------------------------------------------------
@@ -363,8 +364,15 @@ class ChordNode:
     def _notify_reply(self, predecessor: NodeRef | None, digest: bytes | None = None) -> list[Any]:
         """[predecessor, successor list], the list as None when it is the one `digest` names."""
         successors = self.routing.successors
-        unchanged = digest is not None and digest == messages.list_digest(successors)
+        unchanged = digest is not None and digest == self._successors_digest(successors)
         return [predecessor.to_wire() if predecessor else None, None if unchanged else refs_to_wire(successors)]
+
+    def _successors_digest(self, successors: list[NodeRef]) -> bytes:
+        """`messages.list_digest` of our list, computed once per list (a changed
+        list is always a new list object)."""
+        if self._own_digest is None or self._own_digest[0] is not successors:
+            self._own_digest = (successors, messages.list_digest(successors))
+        return self._own_digest[1]
 
     def _on_consider_successor(self, caller: PeerIdentity, args: list[Any]) -> bool:
         (value,) = messages.arguments(args, 1, "consider_successor")
