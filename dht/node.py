@@ -109,6 +109,7 @@ class ChordNode:
             lender.maintenance.borrowers.append(self)
         self._predecessor_check: trio.Event | None = None  # set when a notify from behind has checked it
         self.predecessor_heard = -math.inf  # when our predecessor last notified us (trio time)
+        self.leaving = False  # set by `leave`: no notify goes out any more
         self._lists_heard: dict[int, tuple[list[NodeRef], bytes]] = {}  # successor lists notify got back, and their digests
         self._own_digest: tuple[list[NodeRef], bytes] | None = None  # our successor list's digest, while the list stands
         self.peers = PeerCalls(transport, self.space, config.rpc_timeout, config.min_rpc_timeout, config.rpc_attempts)
@@ -163,6 +164,8 @@ class ChordNode:
     async def notify_peer(self, node: NodeRef) -> tuple[NodeRef | None, list[NodeRef]]:
         """Tell node we may be its predecessor; get back the predecessor it had before
         (the paper's successor.predecessor) and its successor list."""
+        if self.leaving:
+            raise ChordError("this node is leaving the ring: it notifies nobody")
         cached = self._lists_heard.get(node.id)
         args = [self.me.to_wire()] + ([cached[1]] if cached is not None else [])
         decode = lambda reply: messages.notify_reply(reply, self.space)  # noqa: E731
@@ -184,14 +187,21 @@ class ChordNode:
         await join_ring(self, bootstrap)
 
     async def leave(self) -> None:
-        """Leave gracefully: hand predecessor and successor to each other, then stop."""
-        self.stop()
+        """Leave gracefully: hand predecessor and successor to each other, then stop.
+        Maintenance is stopped only after the notices: cancelling a task in the
+        middle of a send drops the link it shares with the notices, which then
+        fail. Until then no notify leaves (`notify_peer`), so none can follow a
+        notice and undo it."""
+        self.leaving = True
         predecessor, successors = self.routing.predecessor, list(self.routing.successors)
         pred_wire = predecessor.to_wire() if predecessor else None
-        if successors:
-            await self._try(successors[0], "predecessor_leaving", self.me.to_wire(), pred_wire)
-        if predecessor is not None and predecessor.id != self.me.id:
-            await self._try(predecessor, "successor_leaving", self.me.to_wire(), refs_to_wire(successors))
+        try:
+            if successors:
+                await self._try(successors[0], "predecessor_leaving", self.me.to_wire(), pred_wire)
+            if predecessor is not None and predecessor.id != self.me.id:
+                await self._try(predecessor, "successor_leaving", self.me.to_wire(), refs_to_wire(successors))
+        finally:
+            self.stop()
         log.info("%r left the ring", self)
 
     async def _try(self, node: NodeRef, method: str, *args: Any) -> None:
