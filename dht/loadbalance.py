@@ -1,7 +1,8 @@
 """How evenly keys spread over machines: the figures of the Chord paper's
 load-balance experiment (§6.1, Figures 8 and 9).
 
-Owns counting keys per machine when each key goes to the ring position that
+Owns nearest-rank percentiles (for the simulator's other figures too), and
+counting keys per machine when each key goes to the ring position that
 follows it and each position belongs to a machine (with virtual nodes, several
 positions share one), and summarizing the counts: mean, 1st and 99th percentile,
 largest, and the 99th percentile and largest over the mean. Machines that own no
@@ -28,9 +29,11 @@ def keys_per_machine(positions: Sequence[tuple[int, str]], keys: Iterable[int]) 
     return counts
 
 
-def nearest_rank(ordered: Sequence[int], fraction: float) -> int:
-    """The nearest-rank percentile of sorted counts."""
-    rank = max(1, math.ceil(round(len(ordered) * fraction, 9)))
+def percentile(ordered: Sequence, fraction: float) -> float:
+    """Nearest-rank percentile of an already sorted list (0 when empty)."""
+    if not ordered:
+        return 0
+    rank = max(1, math.ceil(round(len(ordered) * fraction, 9)))  # round away float noise first
     return ordered[min(rank, len(ordered)) - 1]
 
 
@@ -41,7 +44,7 @@ def load_figures(counts: Iterable[int]) -> dict[str, float]:
     if not ordered:
         raise ValueError("no machines to summarize")
     mean = sum(ordered) / len(ordered)
-    p1, p99, largest = nearest_rank(ordered, 0.01), nearest_rank(ordered, 0.99), ordered[-1]
+    p1, p99, largest = percentile(ordered, 0.01), percentile(ordered, 0.99), ordered[-1]
     scale = mean or 1.0
     return {
         "load_mean": mean,

@@ -12,7 +12,6 @@ in virtual time, never by sleeping a fixed span.
 from __future__ import annotations
 
 import bisect
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,6 +20,7 @@ import trio
 
 from .blockstore import MemoryBlockStore
 from .client import DhtClient
+from .loadbalance import percentile
 from .errors import LookupFailed
 from .node import ChordNode, NodeConfig
 from .storage import BlockService, StorageConfig
@@ -69,14 +69,6 @@ class LookupTally:
             "p50_latency": percentile(latencies, 0.50),
             "p99_latency": percentile(latencies, 0.99),
         }
-
-
-def percentile(ordered: list, fraction: float) -> float:
-    """Nearest-rank percentile of an already sorted list (0 when empty)."""
-    if not ordered:
-        return 0
-    rank = max(1, math.ceil(round(len(ordered) * fraction, 9)))  # round away float noise first
-    return ordered[min(rank, len(ordered)) - 1]
 
 
 class SimCluster:
@@ -129,11 +121,15 @@ class SimCluster:
                 if self.storage is not None:
                     self.services[address] = BlockService(positions, MemoryBlockStore(node.space), self.storage)
                 return node
-            for position in positions:
-                self.network.crash(position.me.address)
+            self._crash_all(positions)
             if node_id is not None:
                 raise ValueError(f"node ID {node_id:x} is already live")
             address = None
+
+    def _crash_all(self, positions: list[ChordNode]) -> None:
+        """Every endpoint of a process stops answering at once."""
+        for position in positions:
+            self.network.crash(position.me.address)
 
     def _virtual_endpoint(self, address: str) -> Callable[[int, int], SimEndpoint]:
         """Endpoints for a process's virtual nodes: one per position, at "address/i"."""
@@ -141,10 +137,6 @@ class SimCluster:
 
     def _id_set(self) -> set[int]:
         return {node.me.id for node in self.positions.values()}
-
-    def host(self, address: str) -> list[ChordNode]:
-        """Every position of the live process at `address` (its first one's)."""
-        return self._hosts[address]
 
     async def add_node(self, bootstrap: str | None = None, address: str | None = None, node_id: int | None = None) -> ChordNode:
         """Start a node that joins through `bootstrap` (a random live node when None;
@@ -157,8 +149,7 @@ class SimCluster:
         try:
             await join_all(positions, bootstrap)
         except BaseException:
-            for position in positions:
-                self.network.crash(position.me.address)  # never half-attached
+            self._crash_all(positions)  # never half-attached
             self.services.pop(node.me.address, None)
             del self._hosts[node.me.address]
             raise
@@ -226,8 +217,7 @@ class SimCluster:
     def crash(self, address: str) -> ChordNode:
         """Crash a node (all of its process's positions): it stops answering at once
         and its memory is gone."""
-        for position in self._hosts[address]:
-            self.network.crash(position.me.address)
+        self._crash_all(self._hosts[address])
         return self._unregister(address)
 
     async def leave(self, address: str) -> ChordNode:
@@ -244,8 +234,7 @@ class SimCluster:
                     await position.leave()
         finally:
             self._leaving.difference_update(position.me.id for position in positions)
-            for position in positions:
-                self.network.crash(position.me.address)
+            self._crash_all(positions)
         return node
 
     # -- storage --------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from dht.addresses import MAX_VNODES, host_of
+from dht.ids import IdSpace
 from dht.latency import MODELS, make_model, round_trip_percentiles
 from dht.loadbalance import keys_per_machine, load_figures
 from dht.node import LOOKUP_MODES, NodeConfig
@@ -161,7 +162,7 @@ def static_load(cluster: SimCluster, options: SimOptions) -> dict[str, float]:
     if not options.blocks:
         return {}
     rng = random.Random(options.seed + 5)
-    space = cluster.positions[next(iter(cluster.positions))].space
+    space = IdSpace(options.bits)
     keys = (space.position(rng.randbytes(32)) for _ in range(options.blocks))
     positions = sorted((node.me.id, host_of(node.me.address)) for node in cluster.positions.values())
     return load_figures(keys_per_machine(positions, keys).values())
